@@ -1,0 +1,589 @@
+// Package endpoint is a gVisor link endpoint whose wire is an IP-in-IP
+// tunnel to one peer.
+//
+// Inner IPv4 and IPv6 packets that the stack writes are encapsulated and
+// sent by a Transport: as the bare payload of a UDP datagram (Linux FOU
+// direct encapsulation, no privileges), or behind an outer IPv4 or IPv6
+// header over raw sockets (IP protocol 4 / 41, as Linux ipip, sit and
+// ip6tnl). Received datagrams are decapsulated, checked (peer, headers,
+// inner source, ECN) and delivered to the stack; every drop is counted with
+// its encap.Reason.
+//
+// # Usage
+//
+//	tr, err := endpoint.ListenUDP(netip.MustParseAddrPort("127.0.0.1:4700"), endpoint.SocketOptions{})
+//	ep, err := endpoint.New(endpoint.Options{Transport: tr, Remote: peer})
+//	s.CreateNIC(1, ep)
+//
+// The endpoint owns the Transport and closes it in Close. One goroutine per
+// Receiver reads from the transport once the stack attaches the endpoint;
+// Close stops them and Wait waits for them.
+package endpoint
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ipipstack/ipipstack/endpoint/encap"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// MTU limits (RFC 791 §3.2, RFC 8200 §5).
+const (
+	MinMTU     = 68
+	MinIPv6MTU = 1280
+	MaxMTU     = 65535
+)
+
+// DefaultPathMTU is the outer path MTU assumed when none is given.
+const DefaultPathMTU = 1500
+
+// Overhead is the number of bytes the outer headers of a tunnel take:
+// 20 for an IPv4 outer header, 40 for IPv6 (48 with the RFC 2473
+// encapsulation limit option), plus 8 for UDP.
+func Overhead(framing Framing, outerV6 bool, p encap.Policy) int {
+	n := encap.IPv4HeaderLen
+	if outerV6 {
+		n = encap.IPv6HeaderLen
+		if framing == FramingRawIPv6 && p.UseEncapLimit {
+			n += encap.EncapLimitLen
+		}
+	}
+	if framing == FramingUDP {
+		n += encap.UDPHeaderLen
+	}
+	return n
+}
+
+// Options configure an Endpoint.
+type Options struct {
+	// Name identifies the tunnel in logs.
+	Name string
+	// Transport moves the outer datagrams. Required; the Endpoint owns it.
+	Transport Transport
+	// Remote is the peer's outer address (port 0 for raw transports).
+	Remote netip.AddrPort
+	// MTU is the inner MTU. 0 derives it: PathMTU minus Overhead.
+	MTU uint32
+	// PathMTU is the outer path MTU; 0 means DefaultPathMTU.
+	PathMTU int
+	// Policy sets the outer TTL, ToS, DF and encapsulation limit; its zero
+	// value is Linux ipip's default.
+	Policy encap.Policy
+	// AllowedSources are the inner source prefixes accepted from the peer;
+	// packets from elsewhere are dropped as SpoofedSource. Nil accepts any
+	// source that is not martian.
+	AllowedSources []netip.Prefix
+	// Roaming lets the peer's outer address change: a valid packet from a
+	// new address makes it the destination of what we send. Off, such
+	// packets are dropped as WrongPeer.
+	Roaming bool
+	// AnySourcePort accepts UDP datagrams from the peer's address whatever
+	// their source port (Linux FOU with encap-sport auto picks one per
+	// flow). Replies still go to Remote's port.
+	AnySourcePort bool
+	// BatchSize is the number of datagrams read or written per system
+	// call; 0 means 64.
+	BatchSize int
+	// Logger receives the endpoint's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Endpoint is a stack.LinkEndpoint that tunnels inner packets to one peer.
+type Endpoint struct {
+	name          string
+	tr            Transport
+	framing       Framing
+	enc           *encap.Encoder
+	pol           encap.Policy
+	local         netip.Addr
+	roaming       bool
+	anySourcePort bool
+	batch         int
+	log           *slog.Logger
+
+	remote  atomic.Pointer[netip.AddrPort]
+	allowed atomic.Pointer[[]netip.Prefix]
+	mtu     atomic.Uint32
+	ipID    atomic.Uint32
+	closed  atomic.Bool
+
+	stats counters
+
+	// mu guards the fields below.
+	mu         sync.RWMutex
+	dispatcher stack.NetworkDispatcher
+	started    bool
+	onClose    func()
+
+	wg     sync.WaitGroup
+	txPool sync.Pool
+}
+
+var _ stack.LinkEndpoint = (*Endpoint)(nil)
+
+// New returns an Endpoint sending to opts.Remote over opts.Transport.
+func New(opts Options) (*Endpoint, error) {
+	if opts.Transport == nil {
+		return nil, errors.New("endpoint: no transport")
+	}
+	local := opts.Transport.LocalAddr().Addr().Unmap()
+	remote := netip.AddrPortFrom(opts.Remote.Addr().Unmap(), opts.Remote.Port())
+	if !remote.Addr().IsValid() || remote.Addr().IsUnspecified() {
+		return nil, fmt.Errorf("endpoint: remote address %v is not a unicast address", opts.Remote)
+	}
+	framing := opts.Transport.Framing()
+	if local.Is4() != remote.Addr().Is4() {
+		return nil, fmt.Errorf("endpoint: local %v and remote %v are of different families", local, remote.Addr())
+	}
+	if framing == FramingUDP && remote.Port() == 0 {
+		return nil, fmt.Errorf("endpoint: remote %v needs a UDP port", opts.Remote)
+	}
+	e := &Endpoint{
+		name:          opts.Name,
+		tr:            opts.Transport,
+		framing:       framing,
+		pol:           opts.Policy,
+		local:         local,
+		roaming:       opts.Roaming,
+		anySourcePort: opts.AnySourcePort,
+		batch:         opts.BatchSize,
+		log:           opts.Logger,
+	}
+	if e.batch <= 0 {
+		e.batch = 64
+	}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	if framing != FramingUDP {
+		src := local
+		if src.IsUnspecified() {
+			return nil, errors.New("endpoint: a raw transport needs a local address to write into outer headers")
+		}
+		enc, err := encap.NewEncoder(src, remote.Addr(), opts.Policy)
+		if err != nil {
+			return nil, err
+		}
+		e.enc = enc
+	}
+	mtu := opts.MTU
+	if mtu == 0 {
+		path := opts.PathMTU
+		if path == 0 {
+			path = DefaultPathMTU
+		}
+		mtu = uint32(path - Overhead(framing, remote.Addr().Is6(), opts.Policy))
+	}
+	if mtu < MinMTU || mtu > MaxMTU {
+		return nil, fmt.Errorf("endpoint: MTU %d outside %d..%d", mtu, MinMTU, MaxMTU)
+	}
+	e.mtu.Store(mtu)
+	e.remote.Store(&remote)
+	e.SetAllowedSources(opts.AllowedSources)
+	e.ipID.Store(uint32(time.Now().UnixNano()))
+	e.txPool.New = func() any { return newTxBatch(e.batch) }
+	return e, nil
+}
+
+// SetAllowedSources replaces the inner source prefixes accepted from the
+// peer; nil accepts any non-martian source. Safe while traffic flows.
+func (e *Endpoint) SetAllowedSources(p []netip.Prefix) {
+	if p == nil {
+		e.allowed.Store(nil)
+		return
+	}
+	c := append([]netip.Prefix(nil), p...)
+	e.allowed.Store(&c)
+}
+
+// Remote returns the peer's current outer address.
+func (e *Endpoint) Remote() netip.AddrPort { return *e.remote.Load() }
+
+// LocalAddr returns the local outer address.
+func (e *Endpoint) LocalAddr() netip.AddrPort { return e.tr.LocalAddr() }
+
+// Framing returns the transport's framing.
+func (e *Endpoint) Framing() Framing { return e.framing }
+
+// MTU implements stack.LinkEndpoint.MTU.
+func (e *Endpoint) MTU() uint32 { return e.mtu.Load() }
+
+// SetMTU implements stack.LinkEndpoint.SetMTU.
+func (e *Endpoint) SetMTU(mtu uint32) { e.mtu.Store(mtu) }
+
+// MaxHeaderLength implements stack.LinkEndpoint.MaxHeaderLength. The outer
+// header is written into a buffer of the endpoint's own, not into the
+// packet, so no room is reserved.
+func (*Endpoint) MaxHeaderLength() uint16 { return 0 }
+
+// LinkAddress implements stack.LinkEndpoint.LinkAddress: a tunnel has none.
+func (*Endpoint) LinkAddress() tcpip.LinkAddress { return "" }
+
+// SetLinkAddress implements stack.LinkEndpoint.SetLinkAddress.
+func (*Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements stack.LinkEndpoint.Capabilities. None: the stack
+// computes and verifies every checksum, since nothing on a raw or
+// checksum-0 UDP path has verified the inner bytes.
+func (*Endpoint) Capabilities() stack.LinkEndpointCapabilities { return 0 }
+
+// ARPHardwareType implements stack.LinkEndpoint.ARPHardwareType.
+func (*Endpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+
+// AddHeader implements stack.LinkEndpoint.AddHeader.
+func (*Endpoint) AddHeader(*stack.PacketBuffer) {}
+
+// ParseHeader implements stack.LinkEndpoint.ParseHeader.
+func (*Endpoint) ParseHeader(*stack.PacketBuffer) bool { return true }
+
+// SetOnCloseAction implements stack.LinkEndpoint.SetOnCloseAction.
+func (e *Endpoint) SetOnCloseAction(f func()) {
+	e.mu.Lock()
+	e.onClose = f
+	e.mu.Unlock()
+}
+
+// Attach implements stack.LinkEndpoint.Attach. The first non-nil
+// dispatcher starts the receive goroutines; nil detaches, after which
+// received packets are discarded.
+func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.dispatcher = d
+	if d == nil || e.started || e.closed.Load() {
+		return
+	}
+	e.started = true
+	for _, r := range e.tr.Receivers() {
+		e.wg.Add(1)
+		go e.receive(r)
+	}
+}
+
+// IsAttached implements stack.LinkEndpoint.IsAttached.
+func (e *Endpoint) IsAttached() bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.dispatcher != nil
+}
+
+// Wait implements stack.LinkEndpoint.Wait.
+func (e *Endpoint) Wait() { e.wg.Wait() }
+
+// Close implements stack.LinkEndpoint.Close: it closes the transport and
+// waits for the receive goroutines.
+func (e *Endpoint) Close() {
+	if e.closed.Swap(true) {
+		return
+	}
+	e.mu.RLock()
+	f := e.onClose
+	e.mu.RUnlock()
+	if f != nil {
+		f()
+	}
+	e.tr.Close()
+	e.wg.Wait()
+}
+
+// receive is the loop of one Receiver: read a batch, decapsulate and
+// deliver each datagram. The message buffers are reused; the inner bytes
+// are copied into a gVisor buffer on delivery.
+func (e *Endpoint) receive(r Receiver) {
+	defer e.wg.Done()
+	msgs := make([]Message, e.batch)
+	bufs := make([][1][]byte, e.batch)
+	for i := range msgs {
+		bufs[i][0] = make([]byte, 1<<16)
+		msgs[i].Buffers = bufs[i][:]
+	}
+	var lastErr time.Time
+	for {
+		n, err := r.ReadBatch(msgs)
+		if err != nil {
+			if errors.Is(err, ErrClosed) || e.closed.Load() {
+				return
+			}
+			// A transient error (ICMP-reported unreachability on a
+			// UDP socket, ENOBUFS): log at most once a second.
+			if time.Since(lastErr) > time.Second {
+				e.log.Warn("tunnel receive error", "tunnel", e.name, "err", err)
+				lastErr = time.Now()
+			}
+			if errors.Is(err, syscall.EBADF) {
+				return
+			}
+			continue
+		}
+		e.mu.RLock()
+		d := e.dispatcher
+		e.mu.RUnlock()
+		for i := 0; i < n; i++ {
+			m := &msgs[i]
+			if d == nil {
+				e.stats.drop(encap.Closed)
+				continue
+			}
+			e.deliver(d, m)
+		}
+		if n > 0 {
+			e.stats.lastSeen.Store(time.Now().UnixNano())
+		}
+	}
+}
+
+// deliver decapsulates one datagram and hands its inner packet to d.
+func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
+	data := m.Buffers[0][:m.N]
+	var (
+		src      netip.AddrPort
+		proto    uint8
+		outerTOS uint8
+		hasTOS   = m.HasTOS
+		inner    []byte
+		r        encap.Reason
+	)
+	switch e.framing {
+	case FramingRawIPv4:
+		var o encap.Outer
+		o, inner, r = encap.DecodeIPv4(data)
+		if r != encap.OK {
+			e.stats.drop(r)
+			return
+		}
+		src = netip.AddrPortFrom(o.Src, 0)
+		proto, outerTOS, hasTOS = o.Proto, o.TOS, true
+	case FramingRawIPv6:
+		src, proto, outerTOS, inner = netip.AddrPortFrom(m.Addr.Addr(), 0), m.Proto, m.TOS, data
+	default:
+		src, outerTOS, inner = m.Addr, m.TOS, data
+	}
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	remote := e.remote.Load()
+	newPeer := false
+	if src != *remote {
+		if !(e.anySourcePort && src.Addr() == remote.Addr()) {
+			if !e.roaming {
+				e.stats.drop(encap.WrongPeer)
+				return
+			}
+			newPeer = true
+		}
+	}
+	p, inner, r := encap.ValidateInner(inner, proto)
+	if r != encap.OK {
+		e.stats.drop(r)
+		return
+	}
+	if encap.IsMartianSource(p.Src) || encap.IsMartianDestination(p.Dst) {
+		e.stats.drop(encap.Martian)
+		return
+	}
+	if p.Dst == e.local {
+		e.stats.drop(encap.Recursion)
+		return
+	}
+	if allowed := e.allowed.Load(); allowed != nil && !contains(*allowed, p.Src) {
+		e.stats.drop(encap.SpoofedSource)
+		return
+	}
+	if hasTOS {
+		ecn, drop := encap.DecapECN(outerTOS, p.TOS)
+		if drop {
+			e.stats.drop(encap.ECNCongestion)
+			return
+		}
+		if ecn != p.TOS&3 {
+			encap.SetECN(inner, ecn)
+		}
+	}
+	if newPeer {
+		e.remote.Store(&src)
+		e.log.Info("tunnel peer moved", "tunnel", e.name, "from", *remote, "to", src)
+	}
+	netProto := ipv4.ProtocolNumber
+	if p.Proto == encap.ProtoIPv6 {
+		netProto = ipv6.ProtocolNumber
+	}
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(inner)})
+	d.DeliverNetworkPacket(netProto, pkt)
+	pkt.DecRef()
+	e.stats.rxPackets.Add(1)
+	e.stats.rxBytes.Add(uint64(len(inner)))
+}
+
+func contains(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// txBatch is the reusable state of one WritePackets call.
+type txBatch struct {
+	msgs  []Message
+	sizes []int // inner packet sizes, for the counters
+	hdrs  [][encap.IPv6HeaderLen + encap.EncapLimitLen]byte
+	segs [][MaxSegments][]byte
+}
+
+func newTxBatch(n int) *txBatch {
+	return &txBatch{
+		msgs:  make([]Message, n),
+		sizes: make([]int, n),
+		hdrs: make([][encap.IPv6HeaderLen + encap.EncapLimitLen]byte, n),
+		segs: make([][MaxSegments][]byte, n),
+	}
+}
+
+// WritePackets implements stack.LinkEndpoint.WritePackets. Packets that
+// cannot be sent (too big, not IP, a send error) are dropped and counted,
+// like a NIC drops on the wire; only a closed endpoint returns an error.
+func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	if e.closed.Load() {
+		return 0, &tcpip.ErrClosedForSend{}
+	}
+	tb := e.txPool.Get().(*txBatch)
+	defer e.txPool.Put(tb)
+	remote := *e.remote.Load()
+	mtu := int(e.mtu.Load())
+	all := pkts.AsSlice()
+	for len(all) > 0 {
+		n := 0
+		for len(all) > 0 && n < len(tb.msgs) {
+			pkt := all[0]
+			all = all[1:]
+			if e.encode(tb, n, pkt, remote, mtu) {
+				n++
+			}
+		}
+		e.send(tb.msgs[:n], tb.sizes[:n])
+		for i := range n {
+			clear(tb.segs[i][:])
+			tb.msgs[i].Buffers = nil
+		}
+	}
+	return pkts.Len(), nil
+}
+
+// encode fills message i of tb for pkt and reports whether it is to be
+// sent. The message points into pkt's views, which stay alive until
+// WritePackets returns.
+func (e *Endpoint) encode(tb *txBatch, i int, pkt *stack.PacketBuffer, remote netip.AddrPort, mtu int) bool {
+	size := pkt.Size()
+	if size > mtu {
+		e.stats.drop(encap.TooBig)
+		return false
+	}
+	segs := tb.segs[i][:0]
+	if e.enc != nil {
+		segs = append(segs, nil) // the outer header, below
+	}
+	vl, off := pkt.AsViewList()
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b, off = b[off:], 0
+		if len(segs) == MaxSegments {
+			e.stats.drop(encap.SendError)
+			return false
+		}
+		segs = append(segs, b)
+	}
+	first := 0
+	if e.enc != nil {
+		first = 1
+	}
+	if len(segs) <= first {
+		e.stats.drop(encap.NotIP)
+		return false
+	}
+	in, ok := encap.PeekInner(segs[first])
+	if !ok {
+		e.stats.drop(encap.NotIP)
+		return false
+	}
+	m := &tb.msgs[i]
+	if e.enc != nil {
+		hdr := tb.hdrs[i][:]
+		n, err := e.enc.EncodeHead(hdr, segs[first], size, uint16(e.ipID.Add(1)))
+		if err != nil {
+			e.stats.drop(encap.NotIP)
+			return false
+		}
+		segs[0] = hdr[:n]
+	} else {
+		m.TOS = e.pol.TOS
+		if e.pol.TOSInherit {
+			m.TOS = in.TOS
+		}
+		m.TOS = m.TOS&^3 | encap.EncapECN(in.TOS)
+		m.TTL = e.pol.TTL
+		if m.TTL == 0 {
+			m.TTL = in.TTL
+		}
+	}
+	m.Buffers = segs
+	m.Addr = remote
+	tb.sizes[i] = size
+	return true
+}
+
+// send writes msgs, skipping over messages the kernel refuses, and counts
+// what was sent.
+func (e *Endpoint) send(msgs []Message, sizes []int) {
+	for len(msgs) > 0 {
+		n, err := e.tr.WriteBatch(msgs)
+		e.stats.txPackets.Add(uint64(n))
+		for _, s := range sizes[:n] {
+			e.stats.txBytes.Add(uint64(s))
+		}
+		if err == nil && n == len(msgs) {
+			return
+		}
+		msgs, sizes = msgs[n:], sizes[n:]
+		if len(msgs) == 0 {
+			return
+		}
+		// msgs[0] failed: count it and go on with the rest.
+		if errors.Is(err, syscall.EMSGSIZE) {
+			e.stats.drop(encap.TooBig)
+		} else if errors.Is(err, ErrClosed) {
+			e.stats.drop(encap.Closed)
+			for range msgs[1:] {
+				e.stats.drop(encap.Closed)
+			}
+			return
+		} else {
+			e.stats.drop(encap.SendError)
+			e.logSendError(err)
+		}
+		msgs, sizes = msgs[1:], sizes[1:]
+	}
+}
+
+var sendErrLog atomic.Int64
+
+func (e *Endpoint) logSendError(err error) {
+	now := time.Now().UnixNano()
+	if last := sendErrLog.Load(); now-last > int64(time.Second) && sendErrLog.CompareAndSwap(last, now) {
+		e.log.Warn("tunnel send error", "tunnel", e.name, "err", err)
+	}
+}

@@ -1,0 +1,247 @@
+package endpoint
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultSocketBuffer is the send and receive buffer size asked for on
+// outer sockets. With the kernel's default 208 KiB, bursts from a fast TCP
+// sender overflow the receive queue and gVisor TCP falls into
+// retransmission timeouts; 4 MiB was measured to be enough on loopback.
+const DefaultSocketBuffer = 4 << 20
+
+// SocketOptions tune the outer sockets.
+type SocketOptions struct {
+	// Buffer is SO_RCVBUF and SO_SNDBUF; 0 means DefaultSocketBuffer. As
+	// root the FORCE variants lift the net.core limits.
+	Buffer int
+	// DontFragment sets DF on outer packets the kernel builds (UDP) and
+	// makes the kernel refuse, not fragment, oversize sends
+	// (IP_PMTUDISC_DO). IPv6 outer packets are never fragmented.
+	DontFragment bool
+	// BatchSize is how many datagrams one recvmmsg or sendmmsg call moves;
+	// 0 means 64.
+	BatchSize int
+}
+
+func (o *SocketOptions) batch() int {
+	if o.BatchSize <= 0 {
+		return 64
+	}
+	return o.BatchSize
+}
+
+// sockTransport is a Transport over one sending socket and one or more
+// receiving sockets.
+type sockTransport struct {
+	framing Framing
+	local   netip.AddrPort
+	batch   int
+
+	tx *sockConn
+	rx []*sockReceiver
+
+	// closers run once on Close (the net.UDPConn or os.Files).
+	closeOnce sync.Once
+	closers   []func() error
+
+	// txMu guards txBatch, the state of sendmmsg calls.
+	txMu    sync.Mutex
+	txBatch *mmsgBatch
+}
+
+type sockReceiver struct {
+	c     *sockConn
+	proto uint8
+	// b is owned by the one goroutine that calls ReadBatch.
+	b *mmsgBatch
+}
+
+// ReadBatch implements Receiver.ReadBatch.
+func (r *sockReceiver) ReadBatch(msgs []Message) (int, error) {
+	if r.b == nil || len(r.b.hdrs) < len(msgs) {
+		r.b = newMmsgBatch(len(msgs))
+	}
+	n, err := r.c.recv(r.b, msgs)
+	for i := 0; i < n; i++ {
+		msgs[i].Proto = r.proto
+	}
+	return n, err
+}
+
+func (t *sockTransport) Framing() Framing          { return t.framing }
+func (t *sockTransport) LocalAddr() netip.AddrPort { return t.local }
+
+func (t *sockTransport) Receivers() []Receiver {
+	rs := make([]Receiver, len(t.rx))
+	for i, r := range t.rx {
+		rs[i] = r
+	}
+	return rs
+}
+
+// WriteBatch implements Transport.WriteBatch.
+func (t *sockTransport) WriteBatch(msgs []Message) (int, error) {
+	t.txMu.Lock()
+	defer t.txMu.Unlock()
+	return t.tx.send(t.txBatch, msgs, t.framing == FramingUDP)
+}
+
+// Close implements Transport.Close.
+func (t *sockTransport) Close() error {
+	var first error
+	t.closeOnce.Do(func() {
+		for _, c := range t.closers {
+			if err := c(); err != nil && first == nil {
+				first = err
+			}
+		}
+	})
+	return first
+}
+
+// ListenUDP opens the rootless FOU transport: a UDP socket bound to local.
+func ListenUDP(local netip.AddrPort, opts SocketOptions) (Transport, error) {
+	network := "udp4"
+	v6 := local.Addr().Is6() && !local.Addr().Is4In6()
+	if v6 {
+		network = "udp6"
+	}
+	c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(local))
+	if err != nil {
+		return nil, fmt.Errorf("endpoint: %w", err)
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("endpoint: %w", err)
+	}
+	var serr error
+	rc.Control(func(fd uintptr) {
+		serr = setSockopts(int(fd), v6, opts, true)
+	})
+	if serr != nil {
+		c.Close()
+		return nil, fmt.Errorf("endpoint: udp %v: %w", local, serr)
+	}
+	sc := &sockConn{rc: rc, v6: v6}
+	la := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	return &sockTransport{
+		framing: FramingUDP,
+		local:   netip.AddrPortFrom(la.Addr().Unmap(), la.Port()),
+		batch:   opts.batch(),
+		tx:      sc,
+		rx:      []*sockReceiver{{c: sc}},
+		closers: []func() error{c.Close},
+		txBatch: newMmsgBatch(opts.batch()),
+	}, nil
+}
+
+// ListenRaw opens the raw IP-in-IP transport on local: receiving sockets
+// for IP protocols 4 and 41, and one IPPROTO_RAW socket that sends packets
+// whose outer header the endpoint wrote. It needs CAP_NET_RAW.
+func ListenRaw(local netip.Addr, opts SocketOptions) (Transport, error) {
+	local = local.Unmap()
+	v6 := local.Is6()
+	family, framing := unix.AF_INET, FramingRawIPv4
+	if v6 {
+		family, framing = unix.AF_INET6, FramingRawIPv6
+	}
+	t := &sockTransport{
+		framing: framing,
+		local:   netip.AddrPortFrom(local, 0),
+		batch:   opts.batch(),
+		txBatch: newMmsgBatch(opts.batch()),
+	}
+	open := func(proto int, bind bool) (*sockConn, error) {
+		fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+		if err != nil {
+			return nil, fmt.Errorf("endpoint: raw socket for IP protocol %d: %w", proto, os.NewSyscallError("socket", err))
+		}
+		if err := setSockopts(fd, v6, opts, bind); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("endpoint: raw socket for IP protocol %d: %w", proto, err)
+		}
+		if bind && !local.IsUnspecified() {
+			var sa unix.Sockaddr
+			if v6 {
+				sa = &unix.SockaddrInet6{Addr: local.As16()}
+			} else {
+				sa = &unix.SockaddrInet4{Addr: local.As4()}
+			}
+			if err := unix.Bind(fd, sa); err != nil {
+				unix.Close(fd)
+				return nil, fmt.Errorf("endpoint: bind raw socket to %v: %w", local, os.NewSyscallError("bind", err))
+			}
+		}
+		f := os.NewFile(uintptr(fd), fmt.Sprintf("raw-%d", proto))
+		rc, err := f.SyscallConn()
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		t.closers = append(t.closers, f.Close)
+		return &sockConn{rc: rc, file: f, v6: v6}, nil
+	}
+	var err error
+	if t.tx, err = open(unix.IPPROTO_RAW, false); err != nil {
+		t.Close()
+		return nil, err
+	}
+	for _, proto := range []int{unix.IPPROTO_IPIP, unix.IPPROTO_IPV6} {
+		c, err := open(proto, true)
+		if err != nil {
+			t.Close()
+			return nil, err
+		}
+		t.rx = append(t.rx, &sockReceiver{c: c, proto: uint8(proto)})
+	}
+	return t, nil
+}
+
+// setSockopts sizes the buffers, asks for the outer ToS on receive and sets
+// the DF policy.
+func setSockopts(fd int, v6 bool, opts SocketOptions, rx bool) error {
+	size := opts.Buffer
+	if size <= 0 {
+		size = DefaultSocketBuffer
+	}
+	for _, o := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {
+		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, o[0], size) != nil {
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, o[1], size); err != nil {
+				return os.NewSyscallError("setsockopt SO_RCVBUF/SO_SNDBUF", err)
+			}
+		}
+	}
+	if v6 {
+		if rx {
+			if err := unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_RECVTCLASS, 1); err != nil {
+				return os.NewSyscallError("setsockopt IPV6_RECVTCLASS", err)
+			}
+		}
+		// Never let the kernel fragment an outer IPv6 packet.
+		if err := unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_DO); err != nil {
+			return os.NewSyscallError("setsockopt IPV6_MTU_DISCOVER", err)
+		}
+		return nil
+	}
+	if rx {
+		if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_RECVTOS, 1); err != nil {
+			return os.NewSyscallError("setsockopt IP_RECVTOS", err)
+		}
+	}
+	pmtu := unix.IP_PMTUDISC_DONT
+	if opts.DontFragment {
+		pmtu = unix.IP_PMTUDISC_DO
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_MTU_DISCOVER, pmtu); err != nil {
+		return os.NewSyscallError("setsockopt IP_MTU_DISCOVER", err)
+	}
+	return nil
+}

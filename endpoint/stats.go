@@ -1,0 +1,62 @@
+package endpoint
+
+import (
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/ipipstack/ipipstack/endpoint/encap"
+)
+
+// counters are the endpoint's statistics, updated atomically on the data
+// path.
+type counters struct {
+	rxPackets, rxBytes atomic.Uint64
+	txPackets, txBytes atomic.Uint64
+	drops              [encap.NumReasons]atomic.Uint64
+	lastSeen           atomic.Int64 // unix nanoseconds of the last datagram read
+}
+
+func (c *counters) drop(r encap.Reason) { c.drops[r].Add(1) }
+
+// Stats is a snapshot of an Endpoint's counters. Packets and bytes count
+// inner packets; a datagram dropped on receive is counted only under its
+// reason in Drops.
+type Stats struct {
+	RxPackets, RxBytes uint64
+	TxPackets, TxBytes uint64
+	// Drops counts dropped packets by reason, indexed by encap.Reason.
+	Drops [encap.NumReasons]uint64
+	// LastSeen is when the last datagram arrived (valid or not); zero if
+	// none has.
+	LastSeen time.Time
+	// Peer is the peer's current outer address.
+	Peer netip.AddrPort
+}
+
+// DropTotal sums Drops.
+func (s *Stats) DropTotal() uint64 {
+	var n uint64
+	for _, d := range s.Drops {
+		n += d
+	}
+	return n
+}
+
+// Stats returns a snapshot of the counters.
+func (e *Endpoint) Stats() Stats {
+	s := Stats{
+		RxPackets: e.stats.rxPackets.Load(),
+		RxBytes:   e.stats.rxBytes.Load(),
+		TxPackets: e.stats.txPackets.Load(),
+		TxBytes:   e.stats.txBytes.Load(),
+		Peer:      e.Remote(),
+	}
+	for i := range s.Drops {
+		s.Drops[i] = e.stats.drops[i].Load()
+	}
+	if ns := e.stats.lastSeen.Load(); ns != 0 {
+		s.LastSeen = time.Unix(0, ns)
+	}
+	return s
+}

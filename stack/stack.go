@@ -1,0 +1,446 @@
+// Package stack runs a userspace TCP/IP stack (gVisor netstack) whose
+// network interfaces are IP-in-IP tunnels, and hands out net.Conn,
+// net.Listener and net.PacketConn values that live inside it.
+//
+// # Usage
+//
+//	s, err := stack.New(stack.Config{Tunnels: []stack.Tunnel{{
+//		Name:      "peer",
+//		Transport: stack.UDP,
+//		Local:     netip.MustParseAddrPort("127.0.0.1:4700"),
+//		Remote:    netip.MustParseAddrPort("127.0.0.1:4701"),
+//		Addresses: []netip.Prefix{netip.MustParsePrefix("10.99.0.1/30")},
+//	}}})
+//	defer s.Close()
+//	client := &http.Client{Transport: &http.Transport{DialContext: s.DialContext}}
+//
+// Each tunnel is one NIC, point to point like Linux ipip with remote set:
+// its inner addresses' prefixes, its extra routes and an optional default
+// route point at it, and the longest prefix wins. Addresses given to Dial,
+// Listen and ListenPacket are IP literals: the stack has no resolver.
+package stack
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/ipipstack/ipipstack/endpoint"
+	"github.com/ipipstack/ipipstack/endpoint/encap"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/link/qdisc/fifo"
+	"gvisor.dev/gvisor/pkg/tcpip/link/sniffer"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+)
+
+// TransportKind selects how a tunnel moves its outer datagrams.
+type TransportKind int
+
+const (
+	// UDP carries each inner packet as the payload of a UDP datagram
+	// (Linux FOU). It needs no privileges.
+	UDP TransportKind = iota
+	// Raw sends real IP-in-IP (protocol 4 / 41) over raw sockets; it needs
+	// CAP_NET_RAW.
+	Raw
+)
+
+func (k TransportKind) String() string {
+	switch k {
+	case UDP:
+		return "udp"
+	case Raw:
+		return "raw"
+	}
+	return "transport(?)"
+}
+
+// Tunnel configures one tunnel, that is one NIC of the stack.
+type Tunnel struct {
+	// Name identifies the tunnel in errors, logs and Stats. Required and
+	// unique.
+	Name string
+	// Transport is UDP (the default) or Raw.
+	Transport TransportKind
+	// Local is the outer address to bind: address and port for UDP (port
+	// 0 picks one), address only for Raw.
+	Local netip.AddrPort
+	// Remote is the peer's outer address: address and port for UDP,
+	// address only for Raw. Same family as Local.
+	Remote netip.AddrPort
+	// Addresses are the inner addresses of this end, with the prefix of
+	// the link (10.99.0.1/30). Each prefix becomes an on-link route.
+	Addresses []netip.Prefix
+	// Routes are further inner prefixes reached through this tunnel.
+	Routes []netip.Prefix
+	// DefaultRoute adds 0.0.0.0/0 and ::/0 (for the families that
+	// Addresses has) through this tunnel.
+	DefaultRoute bool
+	// AllowedSources are the inner source prefixes accepted from the peer.
+	// Nil means the prefixes of Addresses and Routes, or any source if
+	// DefaultRoute is set.
+	AllowedSources []netip.Prefix
+	// MTU is the inner MTU; 0 derives it from PathMTU and the overhead
+	// (1480 for raw over IPv4, 1472 for UDP over IPv4 on a 1500-byte path).
+	MTU int
+	// PathMTU is the outer path MTU; 0 means 1500.
+	PathMTU int
+	// Policy sets the outer TTL, ToS, DF and IPv6 encapsulation limit; the
+	// zero value is Linux ipip's default (see encap.Policy).
+	Policy encap.Policy
+	// Roaming accepts a peer whose outer address changes.
+	Roaming bool
+	// AnySourcePort accepts UDP from the peer's address on any port (Linux
+	// FOU with encap-sport auto).
+	AnySourcePort bool
+	// SocketBuffer sizes the outer sockets' buffers; 0 means 4 MiB.
+	SocketBuffer int
+	// Capture, if set, receives every inner packet of the tunnel in pcap
+	// format.
+	Capture io.Writer
+	// Conn, if set, is used instead of opening a socket from Transport and
+	// Local: an in-memory or impaired transport for tests and benchmarks.
+	// The stack owns it from New on.
+	Conn endpoint.Transport
+}
+
+// Config configures a Stack.
+type Config struct {
+	// Tunnels are the stack's NICs. At least one is required.
+	Tunnels []Tunnel
+	// TCP tunes the stack's TCP; its zero value is the tuned default.
+	TCP TCPOptions
+	// Forwarding makes the stack a router between its NICs.
+	Forwarding bool
+	// Logger receives the stack's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// TCPOptions tune gVisor's TCP. Zero values pick the defaults noted.
+type TCPOptions struct {
+	// DisableSACK turns selective acknowledgements off (on by default).
+	DisableSACK bool
+	// CongestionControl is "reno" or "cubic"; "" means "cubic".
+	CongestionControl string
+	// SendBuffer and ReceiveBuffer are the maximum socket buffer sizes;
+	// 0 means 8 MiB.
+	SendBuffer, ReceiveBuffer int
+	// DisableModerateReceiveBuffer turns receive buffer auto-tuning off
+	// (on by default).
+	DisableModerateReceiveBuffer bool
+}
+
+// Stack is a userspace TCP/IP stack whose NICs are IPIP tunnels. Its
+// methods are safe for concurrent use.
+type Stack struct {
+	gv  *gvstack.Stack
+	log *slog.Logger
+
+	// mu guards tunnels and closed.
+	mu      sync.Mutex
+	tunnels []*tunnel
+	closed  bool
+}
+
+type tunnel struct {
+	name   string
+	nic    tcpip.NICID
+	ep     *endpoint.Endpoint
+	addrs  []netip.Prefix
+	routes []netip.Prefix
+}
+
+// New builds a stack with one NIC per tunnel and starts it. On error
+// nothing is left open.
+func New(cfg Config) (_ *Stack, err error) {
+	if len(cfg.Tunnels) == 0 {
+		return nil, errors.New("stack: no tunnels configured")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	gv := gvstack.New(gvstack.Options{
+		NetworkProtocols:   []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
+		HandleLocal:        true,
+	})
+	s := &Stack{gv: gv, log: log}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if err := s.tuneTCP(cfg.TCP); err != nil {
+		return nil, err
+	}
+	for _, p := range []tcpip.NetworkProtocolNumber{ipv4.ProtocolNumber, ipv6.ProtocolNumber} {
+		if terr := gv.SetForwardingDefaultAndAllNICs(p, cfg.Forwarding); terr != nil {
+			return nil, fmt.Errorf("stack: forwarding: %s", terr)
+		}
+	}
+	names := map[string]bool{}
+	for i := range cfg.Tunnels {
+		t := &cfg.Tunnels[i]
+		if t.Name == "" {
+			return nil, fmt.Errorf("stack: tunnel %d has no name", i)
+		}
+		if names[t.Name] {
+			return nil, fmt.Errorf("stack: tunnel %q defined twice", t.Name)
+		}
+		names[t.Name] = true
+		if err := s.addTunnel(t, tcpip.NICID(i+1)); err != nil {
+			if t.Conn != nil {
+				t.Conn.Close()
+			}
+			return nil, err
+		}
+	}
+	// Any later tunnel's Conn is owned by us too.
+	return s, nil
+}
+
+func (s *Stack) tuneTCP(o TCPOptions) error {
+	sack := tcpip.TCPSACKEnabled(!o.DisableSACK)
+	cc := tcpip.CongestionControlOption(o.CongestionControl)
+	if cc == "" {
+		cc = "cubic"
+	}
+	if cc != "reno" && cc != "cubic" {
+		return fmt.Errorf("stack: congestion control %q: want reno or cubic", o.CongestionControl)
+	}
+	sndMax, rcvMax := o.SendBuffer, o.ReceiveBuffer
+	if sndMax == 0 {
+		sndMax = 8 << 20
+	}
+	if rcvMax == 0 {
+		rcvMax = 8 << 20
+	}
+	moderate := tcpip.TCPModerateReceiveBufferOption(!o.DisableModerateReceiveBuffer)
+	opts := []tcpip.SettableTransportProtocolOption{
+		&sack, &cc, &moderate,
+		&tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: min(1<<20, sndMax), Max: sndMax},
+		&tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: min(1<<20, rcvMax), Max: rcvMax},
+	}
+	for _, opt := range opts {
+		if terr := s.gv.SetTransportProtocolOption(tcp.ProtocolNumber, opt); terr != nil {
+			return fmt.Errorf("stack: TCP option %T: %s", opt, terr)
+		}
+	}
+	return nil
+}
+
+func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
+	tr := t.Conn
+	if tr == nil {
+		var err error
+		sockOpts := endpoint.SocketOptions{Buffer: t.SocketBuffer, DontFragment: t.Policy.DF != encap.DFClear}
+		switch t.Transport {
+		case UDP:
+			tr, err = endpoint.ListenUDP(t.Local, sockOpts)
+		case Raw:
+			tr, err = endpoint.ListenRaw(t.Local.Addr(), sockOpts)
+		default:
+			err = fmt.Errorf("unknown transport %v", t.Transport)
+		}
+		if err != nil {
+			return fmt.Errorf("stack: tunnel %q: %w", t.Name, err)
+		}
+	}
+	allowed := t.AllowedSources
+	if allowed == nil && !t.DefaultRoute {
+		for _, a := range t.Addresses {
+			allowed = append(allowed, a.Masked())
+		}
+		allowed = append(allowed, t.Routes...)
+	}
+	ep, err := endpoint.New(endpoint.Options{
+		Name:           t.Name,
+		Transport:      tr,
+		Remote:         t.Remote,
+		MTU:            uint32(t.MTU),
+		PathMTU:        t.PathMTU,
+		Policy:         t.Policy,
+		AllowedSources: allowed,
+		Roaming:        t.Roaming,
+		AnySourcePort:  t.AnySourcePort,
+		Logger:         s.log,
+	})
+	if err != nil {
+		tr.Close()
+		return fmt.Errorf("stack: tunnel %q: %w", t.Name, err)
+	}
+	hasV6 := false
+	for _, a := range t.Addresses {
+		if a.Addr().Is6() {
+			hasV6 = true
+		}
+	}
+	if hasV6 && ep.MTU() < endpoint.MinIPv6MTU {
+		ep.Close()
+		return fmt.Errorf("stack: tunnel %q: MTU %d is below IPv6's minimum of %d", t.Name, ep.MTU(), endpoint.MinIPv6MTU)
+	}
+	var link gvstack.LinkEndpoint = ep
+	if t.Capture != nil {
+		sn, err := sniffer.NewWithWriter(ep, t.Capture, uint32(endpoint.MaxMTU))
+		if err != nil {
+			ep.Close()
+			return fmt.Errorf("stack: tunnel %q: capture: %w", t.Name, err)
+		}
+		link = sn
+	}
+	// One FIFO queue per NIC batches packets from many writers into one
+	// WritePackets call; when it is full, packets are dropped and TCP
+	// retransmits, as on a real NIC.
+	q := fifo.New(link, 1, 1024)
+	if terr := s.gv.CreateNICWithOptions(nic, link, gvstack.NICOptions{Name: t.Name, QDisc: q}); terr != nil {
+		ep.Close()
+		return fmt.Errorf("stack: tunnel %q: create NIC: %s", t.Name, terr)
+	}
+	tun := &tunnel{name: t.Name, nic: nic, ep: ep, addrs: t.Addresses, routes: t.Routes}
+	s.mu.Lock()
+	s.tunnels = append(s.tunnels, tun)
+	s.mu.Unlock()
+	for _, a := range t.Addresses {
+		if !a.IsValid() {
+			return fmt.Errorf("stack: tunnel %q: invalid address", t.Name)
+		}
+		pa := tcpip.ProtocolAddress{
+			Protocol:          protoOf(a.Addr()),
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpipAddr(a.Addr()), PrefixLen: a.Bits()},
+		}
+		if terr := s.gv.AddProtocolAddress(nic, pa, gvstack.AddressProperties{}); terr != nil {
+			return fmt.Errorf("stack: tunnel %q: address %v: %s", t.Name, a, terr)
+		}
+		s.gv.AddRoute(tcpip.Route{Destination: subnet(a.Masked()), NIC: nic})
+	}
+	for _, r := range t.Routes {
+		s.gv.AddRoute(tcpip.Route{Destination: subnet(r.Masked()), NIC: nic})
+	}
+	if t.DefaultRoute {
+		has4, has6 := false, false
+		for _, a := range t.Addresses {
+			has4, has6 = has4 || a.Addr().Is4(), has6 || a.Addr().Is6()
+		}
+		if has4 {
+			s.gv.AddRoute(tcpip.Route{Destination: subnet(netip.MustParsePrefix("0.0.0.0/0")), NIC: nic})
+		}
+		if has6 {
+			s.gv.AddRoute(tcpip.Route{Destination: subnet(netip.MustParsePrefix("::/0")), NIC: nic})
+		}
+	}
+	s.log.Info("tunnel up", "tunnel", t.Name, "transport", t.Transport.String(), "local", ep.LocalAddr(),
+		"remote", ep.Remote(), "mtu", ep.MTU(), "addresses", fmt.Sprint(t.Addresses))
+	return nil
+}
+
+// Close stops the stack: every connection and listener of it fails, every
+// tunnel socket is closed and every goroutine it started has returned.
+func (s *Stack) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	tunnels := s.tunnels
+	s.mu.Unlock()
+	// Close the tunnels first: that stops their receive goroutines, which
+	// gVisor's Wait waits for before it closes link endpoints itself.
+	for _, t := range tunnels {
+		t.ep.Close()
+	}
+	s.gv.Close()
+	s.gv.Wait()
+	return nil
+}
+
+// GVisor returns the underlying gVisor stack, for what this API does not
+// cover (adding a TUN NIC, say). Changes made through it are the caller's
+// to keep consistent.
+func (s *Stack) GVisor() *gvstack.Stack { return s.gv }
+
+// TunnelStats is a tunnel's name, MTU and counters.
+type TunnelStats struct {
+	Name  string
+	MTU   uint32
+	Local netip.AddrPort
+	endpoint.Stats
+}
+
+// Stats returns the counters of every tunnel, in configuration order.
+func (s *Stack) Stats() []TunnelStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]TunnelStats, 0, len(s.tunnels))
+	for _, t := range s.tunnels {
+		out = append(out, TunnelStats{Name: t.name, MTU: t.ep.MTU(), Local: t.ep.LocalAddr(), Stats: t.ep.Stats()})
+	}
+	return out
+}
+
+// Endpoint returns the link endpoint of the named tunnel, or nil.
+func (s *Stack) Endpoint(name string) *endpoint.Endpoint {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range s.tunnels {
+		if t.name == name {
+			return t.ep
+		}
+	}
+	return nil
+}
+
+func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
+	if a.Is4() || a.Is4In6() {
+		return ipv4.ProtocolNumber
+	}
+	return ipv6.ProtocolNumber
+}
+
+func tcpipAddr(a netip.Addr) tcpip.Address {
+	if a.Is4() || a.Is4In6() {
+		return tcpip.AddrFrom4(a.Unmap().As4())
+	}
+	return tcpip.AddrFrom16(a.As16())
+}
+
+func fromTCPIP(a tcpip.Address) netip.Addr {
+	switch a.Len() {
+	case 4:
+		return netip.AddrFrom4(a.As4())
+	case 16:
+		return netip.AddrFrom16(a.As16())
+	}
+	return netip.Addr{}
+}
+
+func subnet(p netip.Prefix) tcpip.Subnet {
+	p = p.Masked()
+	sn, err := tcpip.NewSubnet(tcpipAddr(p.Addr()), tcpip.MaskFromBytes(maskBytes(p)))
+	if err != nil {
+		panic(fmt.Sprintf("stack: subnet %v: %v", p, err)) // a masked prefix is always valid
+	}
+	return sn
+}
+
+func maskBytes(p netip.Prefix) []byte {
+	n := 4
+	if p.Addr().Is6() {
+		n = 16
+	}
+	m := make([]byte, n)
+	for i := 0; i < p.Bits(); i++ {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	return m
+}

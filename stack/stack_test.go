@@ -1,0 +1,442 @@
+package stack_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ipipstack/ipipstack/endpoint/encap"
+	"github.com/ipipstack/ipipstack/stack"
+)
+
+// pair is two stacks joined by one tunnel over real loopback UDP sockets.
+type pair struct {
+	a, b   *stack.Stack
+	ta, tb stack.Tunnel
+}
+
+var (
+	addrA  = netip.MustParsePrefix("10.99.0.1/30")
+	addrB  = netip.MustParsePrefix("10.99.0.2/30")
+	addrA6 = netip.MustParsePrefix("fd99::1/64")
+	addrB6 = netip.MustParsePrefix("fd99::2/64")
+)
+
+// freeUDPPort returns a loopback UDP port that was free a moment ago.
+func freeUDPPort(t testing.TB, host string) netip.AddrPort {
+	t.Helper()
+	c, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// newPair builds two stacks over loopback UDP (outer "127.0.0.1" or "::1");
+// edit adjusts each side's tunnel (0 is a, 1 is b) before the stacks start.
+func newPair(t testing.TB, outer string, edit func(side int, tun *stack.Tunnel)) *pair {
+	t.Helper()
+	pa, pb := freeUDPPort(t, outer), freeUDPPort(t, outer)
+	ta := stack.Tunnel{Name: "to-b", Local: pa, Remote: pb, Addresses: []netip.Prefix{addrA, addrA6}}
+	tb := stack.Tunnel{Name: "to-a", Local: pb, Remote: pa, Addresses: []netip.Prefix{addrB, addrB6}}
+	if edit != nil {
+		edit(0, &ta)
+		edit(1, &tb)
+	}
+	a, err := stack.New(stack.Config{Tunnels: []stack.Tunnel{ta}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	b, err := stack.New(stack.Config{Tunnels: []stack.Tunnel{tb}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return &pair{a: a, b: b, ta: ta, tb: tb}
+}
+
+// transfer sends n pseudo-random bytes from one stack to a listener on the
+// other over one TCP connection and checks that they arrive byte-exact.
+func transfer(t testing.TB, from, to *stack.Stack, listen string, n int64) time.Duration {
+	t.Helper()
+	ln, err := to.Listen("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type result struct {
+		sum [32]byte
+		n   int64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer c.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		var r result
+		copy(r.sum[:], h.Sum(nil))
+		r.n, r.err = n, err
+		done <- r
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := from.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	h := sha256.New()
+	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{1, 2, 3}), n), h)
+	if _, err := io.Copy(c, src); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatalf("receiver: %v", r.err)
+		}
+		if r.n != n || !bytes.Equal(r.sum[:], h.Sum(nil)) {
+			t.Fatalf("received %d bytes with SHA-256 %x, sent %d with %x", r.n, r.sum, n, h.Sum(nil))
+		}
+	case <-time.After(120 * time.Second):
+		t.Fatal("transfer did not finish in 120 s")
+	}
+	return time.Since(start)
+}
+
+func transferSize(t testing.TB) int64 {
+	if testing.Short() {
+		return 4 << 20
+	}
+	return 64 << 20
+}
+
+func TestTCPTransferBothWays(t *testing.T) {
+	p := newPair(t, "127.0.0.1", nil)
+	n := transferSize(t)
+	d := transfer(t, p.a, p.b, "10.99.0.2:5001", n)
+	t.Logf("a->b %d MiB in %v (%.2f Gbit/s)", n>>20, d, float64(n)*8/d.Seconds()/1e9)
+	d = transfer(t, p.b, p.a, "10.99.0.1:5002", n)
+	t.Logf("b->a %d MiB in %v (%.2f Gbit/s)", n>>20, d, float64(n)*8/d.Seconds()/1e9)
+	for _, st := range append(p.a.Stats(), p.b.Stats()...) {
+		if st.DropTotal() != 0 {
+			t.Errorf("%s dropped %v", st.Name, st.Drops)
+		}
+		if st.RxPackets < uint64(n/1500) || st.TxPackets < uint64(n/1500) {
+			t.Errorf("%s counters rx %d tx %d packets, want at least %d", st.Name, st.RxPackets, st.TxPackets, n/1500)
+		}
+	}
+}
+
+func TestInnerIPv6OverOuterIPv4(t *testing.T) {
+	p := newPair(t, "127.0.0.1", nil)
+	transfer(t, p.a, p.b, "[fd99::2]:5003", 8<<20)
+	if _, err := p.a.Ping(context.Background(), addrB6.Addr()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestInnerIPv4OverOuterIPv6(t *testing.T) {
+	p := newPair(t, "::1", nil)
+	if got := p.a.Stats()[0].MTU; got != 1452 {
+		t.Errorf("UDP over IPv6 MTU = %d, want 1452", got)
+	}
+	transfer(t, p.a, p.b, "10.99.0.2:5004", 8<<20)
+	transfer(t, p.b, p.a, "[fd99::1]:5005", 8<<20)
+}
+
+func TestUDPEcho(t *testing.T) {
+	p := newPair(t, "127.0.0.1", nil)
+	for _, addr := range []string{"10.99.0.2:7", "[fd99::2]:7"} {
+		t.Run(addr, func(t *testing.T) {
+			pc, err := p.b.ListenPacket("udp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			go func() {
+				buf := make([]byte, 65536)
+				for {
+					n, from, err := pc.ReadFrom(buf)
+					if err != nil {
+						return
+					}
+					pc.WriteTo(buf[:n], from)
+				}
+			}()
+			c, err := p.a.Dial("udp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for i := 0; i < 5; i++ {
+				msg := fmt.Appendf(nil, "echo %d through the tunnel", i)
+				if _, err := c.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				buf := make([]byte, 100)
+				n, err := c.Read(buf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(buf[:n], msg) {
+					t.Fatalf("echo = %q, want %q", buf[:n], msg)
+				}
+			}
+		})
+	}
+}
+
+func TestPing(t *testing.T) {
+	p := newPair(t, "127.0.0.1", nil)
+	for _, dst := range []netip.Addr{addrB.Addr(), addrB6.Addr()} {
+		before := p.b.Stats()[0].RxPackets
+		rtt, err := p.a.Ping(context.Background(), dst)
+		if err != nil {
+			t.Fatalf("Ping(%v): %v", dst, err)
+		}
+		if rtt <= 0 || rtt > 5*time.Second {
+			t.Errorf("Ping(%v) rtt = %v", dst, rtt)
+		}
+		if p.b.Stats()[0].RxPackets == before {
+			t.Errorf("Ping(%v): peer's rx counter did not move", dst)
+		}
+	}
+}
+
+// TestUDPFragmentation sends a 20,000-byte datagram over a 1472-byte MTU:
+// the stack fragments it, each fragment is one outer datagram, and the
+// peer reassembles it.
+func TestUDPFragmentation(t *testing.T) {
+	p := newPair(t, "127.0.0.1", nil)
+	if got := p.a.Stats()[0].MTU; got != 1472 {
+		t.Fatalf("UDP over IPv4 MTU = %d, want 1472", got)
+	}
+	for _, addr := range []string{"10.99.0.2:9", "[fd99::2]:9"} {
+		pc, err := p.b.ListenPacket("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		c, err := p.a.Dial("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		msg := make([]byte, 20000)
+		for i := range msg {
+			msg[i] = byte(i * 7)
+		}
+		before := p.a.Stats()[0].TxPackets
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 65536)
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf[:n], msg) {
+			t.Fatalf("%s: received %d bytes, not the 20000 sent", addr, n)
+		}
+		// 20,008 bytes of UDP in fragments of at most 1448 (IPv4) or 1416
+		// (IPv6) data bytes: 14 or 15 outer datagrams.
+		if sent := p.a.Stats()[0].TxPackets - before; sent < 14 {
+			t.Errorf("%s: %d outer datagrams, want at least 14 fragments", addr, sent)
+		}
+	}
+}
+
+func TestDialErrors(t *testing.T) {
+	p := newPair(t, "127.0.0.1", nil)
+	ctx := context.Background()
+	tests := []struct {
+		name, network, addr string
+		want                error
+		text                string
+	}{
+		{"unknown network", "sctp", "10.99.0.2:80", nil, "unknown network sctp"},
+		{"no route", "tcp", "192.0.2.1:80", syscall.ENETUNREACH, "network is unreachable"},
+		{"no route udp", "udp", "192.0.2.1:80", syscall.ENETUNREACH, "network is unreachable"},
+		{"refused", "tcp", "10.99.0.2:81", syscall.ECONNREFUSED, "connection refused"},
+		{"hostname", "tcp", "example.com:80", nil, "no resolver"},
+		{"bad port", "tcp", "10.99.0.2:99999", nil, "invalid port"},
+		{"family", "tcp4", "[fd99::2]:80", nil, "non-IPv4 address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := p.a.DialContext(ctx, tt.network, tt.addr)
+			if err == nil {
+				c.Close()
+				t.Fatal("dial succeeded")
+			}
+			var oe *net.OpError
+			if !errors.As(err, &oe) {
+				t.Errorf("error %T is not a *net.OpError", err)
+			}
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Errorf("error %q is not %v", err, tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.text) {
+				t.Errorf("error %q does not say %q", err, tt.text)
+			}
+		})
+	}
+	t.Run("timeout", func(t *testing.T) {
+		// 10.99.0.3 is on the link but nobody answers for it.
+		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		_, err := p.a.DialContext(ctx, "tcp", "10.99.0.3:80")
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() || !strings.Contains(err.Error(), "i/o timeout") {
+			t.Errorf("dial to a silent address: %v, want an i/o timeout", err)
+		}
+	})
+	t.Run("canceled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_, err := p.a.DialContext(ctx, "tcp", "10.99.0.2:80")
+		if err == nil || !strings.Contains(err.Error(), "operation was canceled") {
+			t.Errorf("dial with a cancelled context: %v", err)
+		}
+	})
+	t.Run("ping no route", func(t *testing.T) {
+		_, err := p.a.Ping(ctx, netip.MustParseAddr("192.0.2.1"))
+		if !errors.Is(err, syscall.ENETUNREACH) {
+			t.Errorf("Ping(192.0.2.1) = %v, want network is unreachable", err)
+		}
+	})
+}
+
+func TestListenErrors(t *testing.T) {
+	p := newPair(t, "127.0.0.1", nil)
+	ln, err := p.a.Listen("tcp", "10.99.0.1:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if _, err := p.a.Listen("tcp", "10.99.0.1:80"); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("second Listen on 10.99.0.1:80 = %v, want address already in use", err)
+	}
+	if _, err := p.a.Listen("tcp", "10.99.0.9:80"); !errors.Is(err, syscall.EADDRNOTAVAIL) {
+		t.Errorf("Listen on a foreign address = %v, want cannot assign requested address", err)
+	}
+	if _, err := p.a.Listen("udp", "10.99.0.1:80"); err == nil || !strings.Contains(err.Error(), "unknown network udp") {
+		t.Errorf("Listen(udp) = %v, want unknown network", err)
+	}
+	pc, err := p.a.ListenPacket("udp", "10.99.0.1:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if _, err := p.a.ListenPacket("udp", "10.99.0.1:53"); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("second ListenPacket = %v, want address already in use", err)
+	}
+	// The outer UDP port is taken: New says so and names the tunnel.
+	_, err = stack.New(stack.Config{Tunnels: []stack.Tunnel{{Name: "dup", Local: p.ta.Local, Remote: p.ta.Remote, Addresses: []netip.Prefix{addrA}}}})
+	if !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), `"dup"`) {
+		t.Errorf("New on a bound port = %v, want address already in use naming the tunnel", err)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	good := stack.Tunnel{Name: "t", Local: netip.MustParseAddrPort("127.0.0.1:0"), Remote: netip.MustParseAddrPort("127.0.0.1:9"), Addresses: []netip.Prefix{addrA}}
+	tests := []struct {
+		name string
+		edit func(*stack.Config)
+		text string
+	}{
+		{"no tunnels", func(c *stack.Config) { c.Tunnels = nil }, "no tunnels"},
+		{"no name", func(c *stack.Config) { c.Tunnels[0].Name = "" }, "no name"},
+		{"duplicate", func(c *stack.Config) { c.Tunnels = append(c.Tunnels, c.Tunnels[0]) }, "defined twice"},
+		{"mtu", func(c *stack.Config) { c.Tunnels[0].MTU = 40 }, "MTU 40 outside 68..65535"},
+		{"ipv6 mtu", func(c *stack.Config) {
+			c.Tunnels[0].MTU = 1200
+			c.Tunnels[0].Addresses = append(c.Tunnels[0].Addresses, addrA6)
+		}, "below IPv6's minimum"},
+		{"family", func(c *stack.Config) { c.Tunnels[0].Remote = netip.MustParseAddrPort("[::1]:9") }, "different families"},
+		{"no port", func(c *stack.Config) { c.Tunnels[0].Remote = netip.MustParseAddrPort("127.0.0.1:0") }, "needs a UDP port"},
+		{"congestion", func(c *stack.Config) { c.TCP.CongestionControl = "bbr" }, "want reno or cubic"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := stack.Config{Tunnels: []stack.Tunnel{good}}
+			tt.edit(&cfg)
+			s, err := stack.New(cfg)
+			if err == nil {
+				s.Close()
+				t.Fatal("New succeeded")
+			}
+			if !strings.Contains(err.Error(), tt.text) {
+				t.Errorf("New = %q, want it to say %q", err, tt.text)
+			}
+		})
+	}
+}
+
+// TestCloseLeavesNothing checks that Close stops every goroutine the stack
+// started and frees its UDP port.
+func TestCloseLeavesNothing(t *testing.T) {
+	before := runtime.NumGoroutine()
+	p := newPair(t, "127.0.0.1", nil)
+	transfer(t, p.a, p.b, "10.99.0.2:5006", 1<<20)
+	ln, err := p.b.Listen("tcp", "10.99.0.2:5007")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.a.Dial("tcp", "10.99.0.2:5007")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, c) // a reader blocked in the stack when it closes
+	p.a.Close()
+	p.b.Close()
+	if _, err := c.Write([]byte("x")); err == nil {
+		t.Error("Write on a closed stack's connection succeeded")
+	}
+	ln.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<20)
+		t.Errorf("%d goroutines before, %d after Close:\n%s", before, n, buf[:runtime.Stack(buf, true)])
+	}
+	for _, ap := range []netip.AddrPort{p.ta.Local, p.tb.Local} {
+		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
+		if err != nil {
+			t.Errorf("port %v not free after Close: %v", ap, err)
+			continue
+		}
+		c.Close()
+	}
+	if _, err := p.a.Dial("tcp", "10.99.0.2:80"); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Dial after Close = %v, want net.ErrClosed", err)
+	}
+	_ = os.Stderr
+	_ = encap.OK
+}
