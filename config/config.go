@@ -1,0 +1,526 @@
+// Package config loads the HCL configuration file of the ipipstack daemon
+// and turns it into validated, typed values: [netip.Addr], [netip.Prefix],
+// [netip.AddrPort], [time.Duration], integers and typed enums.
+//
+// It builds nothing that runs: the daemon maps a [Config] onto the options of
+// the stack, endpoint and service packages. It never imports gVisor.
+//
+// # Usage
+//
+//	var p config.Parser
+//	cfg, diags := p.Load("/etc/ipipstack.hcl")
+//	if len(diags) > 0 {
+//		p.WriteDiagnostics(os.Stderr, diags, term.IsTerminal(2))
+//	}
+//	if diags.HasErrors() {
+//		os.Exit(1)
+//	}
+//
+// Every problem is reported as an [*hcl.Diagnostic] whose Subject points at
+// the offending attribute, list element, label or block (file:line:col);
+// loading never panics and never returns a bare Go error. Parse returns a nil
+// *Config exactly when the diagnostics contain an error; warnings may
+// accompany a valid Config.
+//
+// The file format, with every block, attribute and default, is documented in
+// examples/README.md. Besides literals, attribute values may call env("NAME")
+// or env("NAME", "default") to read the environment, and a few standard
+// functions: format, join, concat, lower, upper, trimspace, min and max.
+//
+// Parse fills in every default that is a constant, so a field holds what the
+// daemon should use; values that depend on other fields are computed by
+// methods such as [Tunnel.EffectiveMTU] and [Tunnel.AllowedSourcePrefixes].
+package config
+
+import (
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+// Defaults applied by Parse when an attribute is absent.
+const (
+	DefaultStatusListen       = "127.0.0.1:9100"
+	DefaultPathMTU            = 1500
+	DefaultEncapLimit         = 4 // RFC 2473 section 6.7 recommends 4; Linux ip6tnl uses it too.
+	DefaultMaxConnections     = 1024
+	DefaultUDPIdleTimeout     = 60 * time.Second
+	DefaultReassemblyTimeout  = 30 * time.Second // Linux net.ipv4.ipfrag_time
+	DefaultReassemblyMemory   = 4 << 20          // Linux net.ipv4.ipfrag_high_thresh
+	DefaultTUNName            = "ipip0"
+	EncapLimitNone            = -1   // Tunnel.EncapLimit value: no encapsulation limit option.
+	minIPv4MTU                = 68   // RFC 791: every IPv4 module must forward 68 octets unfragmented.
+	minIPv6MTU                = 1280 // RFC 8200 section 5.
+	maxMTU                    = 65535
+	ipv4OuterOverhead         = 20 // IPv4 header without options.
+	ipv6OuterOverhead         = 40 // IPv6 fixed header.
+	encapLimitOptionOverhead  = 8  // Destination options header carrying the RFC 2473 option.
+	udpOverhead               = 8
+	maxConnectionsLimit       = 1 << 20
+	minBufferSize             = 4 << 10
+	maxBufferSize             = 1 << 30
+	minReassemblyMemory       = 64 << 10 // one maximal datagram must fit.
+	maxSOCKS5CredentialLength = 255      // RFC 1929: ULEN and PLEN are one octet.
+	maxInterfaceName          = 15       // Linux IFNAMSIZ minus the NUL.
+)
+
+// Config is a whole ipipstack configuration file. Parse returns it fully
+// validated: names are unique, addresses do not collide, every forward target
+// is reachable through a tunnel and every reverse listener is on one of the
+// stack's addresses.
+type Config struct {
+	// Log configures the daemon's logger. Default: info level, text format.
+	Log Log
+	// Status configures the HTTP status server. Default: disabled.
+	Status Status
+	// Stack tunes gVisor's TCP/IP stack. See Stack for the defaults.
+	Stack Stack
+	// Tunnels are the tunnel interfaces, in file order. There is at least one.
+	Tunnels []Tunnel
+	// Forwards are local forwards (host listener → address inside the
+	// tunnels), in file order. Default: none.
+	Forwards []Forward
+	// Reverses are reverse forwards (listener inside the stack → host
+	// address), in file order. Default: none.
+	Reverses []Reverse
+	// SOCKS5 are SOCKS5 proxies on the host that dial inside the stack, in
+	// file order. Default: none.
+	SOCKS5 []SOCKS5
+	// TUN is the host TUN device bridged into the stack. nil (the default)
+	// means no TUN device.
+	TUN *TUN
+}
+
+// Log is the log block.
+type Log struct {
+	// Level is the minimum level logged. Zero value: LogInfo.
+	Level LogLevel
+	// Format is the output format. Zero value: LogText.
+	Format LogFormat
+}
+
+// LogLevel is a log severity. Its values equal those of [slog.Level], so the
+// zero value is LogInfo.
+type LogLevel int
+
+// Log levels, as in log/slog.
+const (
+	LogDebug LogLevel = -4
+	LogInfo  LogLevel = 0
+	LogWarn  LogLevel = 4
+	LogError LogLevel = 8
+)
+
+// SlogLevel returns l as a [slog.Level].
+func (l LogLevel) SlogLevel() slog.Level { return slog.Level(l) }
+
+func (l LogLevel) String() string {
+	switch l {
+	case LogDebug:
+		return "debug"
+	case LogInfo:
+		return "info"
+	case LogWarn:
+		return "warn"
+	case LogError:
+		return "error"
+	}
+	return "LogLevel(" + strconv.Itoa(int(l)) + ")"
+}
+
+// LogFormat is the log output format.
+type LogFormat int
+
+// Log formats.
+const (
+	LogText LogFormat = iota // slog.TextHandler
+	LogJSON                  // slog.JSONHandler
+)
+
+func (f LogFormat) String() string {
+	switch f {
+	case LogText:
+		return "text"
+	case LogJSON:
+		return "json"
+	}
+	return "LogFormat(" + strconv.Itoa(int(f)) + ")"
+}
+
+// Status is the status block: an HTTP server with JSON at /status and
+// Prometheus metrics at /metrics.
+type Status struct {
+	// Listen is the host address of the server. The zero value (no status
+	// block) disables the server; a status block without listen uses
+	// DefaultStatusListen.
+	Listen netip.AddrPort
+}
+
+// Enabled reports whether the status server should run.
+func (s Status) Enabled() bool { return s.Listen.IsValid() }
+
+// Stack is the stack block: TCP/IP tuning applied to the whole stack.
+type Stack struct {
+	// TCPSACK enables TCP selective acknowledgements (RFC 2018). Default true.
+	TCPSACK bool
+	// TCPCongestion is the TCP congestion control algorithm. Zero value:
+	// CongestionReno.
+	TCPCongestion Congestion
+	// TCPSendBuffer is the default TCP send buffer size in bytes. 0 (the
+	// default) keeps gVisor's default.
+	TCPSendBuffer int
+	// TCPReceiveBuffer is the default TCP receive buffer size in bytes. 0
+	// (the default) keeps gVisor's default.
+	TCPReceiveBuffer int
+	// TCPModerateReceiveBuffer enables receive buffer auto-tuning, like
+	// Linux net.ipv4.tcp_moderate_rcvbuf. Default true.
+	TCPModerateReceiveBuffer bool
+	// Forwarding makes the stack route packets between its tunnels (and the
+	// TUN device) instead of dropping packets not addressed to it. Default
+	// false.
+	Forwarding bool
+	// ReassemblyTimeout bounds how long fragments wait for the rest of
+	// their datagram. Default DefaultReassemblyTimeout (30s).
+	ReassemblyTimeout time.Duration
+	// ReassemblyMemory bounds the bytes held by IP reassembly. Default
+	// DefaultReassemblyMemory (4 MiB).
+	ReassemblyMemory int
+}
+
+// Congestion is a TCP congestion control algorithm.
+type Congestion int
+
+// TCP congestion control algorithms gVisor implements.
+const (
+	CongestionReno Congestion = iota
+	CongestionCubic
+)
+
+func (c Congestion) String() string {
+	switch c {
+	case CongestionReno:
+		return "reno"
+	case CongestionCubic:
+		return "cubic"
+	}
+	return "Congestion(" + strconv.Itoa(int(c)) + ")"
+}
+
+// Tunnel is a tunnel block: one point-to-point IPIP link to a peer, which
+// becomes one NIC of the stack.
+type Tunnel struct {
+	// Name is the block label, unique among tunnels.
+	Name string
+	// Transport carries the outer datagrams. Zero value: TransportUDP.
+	Transport Transport
+	// Local is the outer local address. Its port is 0 for TransportRaw. An
+	// unspecified address (0.0.0.0, ::) binds every host address.
+	Local netip.AddrPort
+	// Remote is the outer address of the peer, in the same family as Local.
+	// Its port is 0 for TransportRaw.
+	Remote netip.AddrPort
+	// Addresses are the stack's inner addresses on this tunnel, each with
+	// the length of its on-link prefix (10.99.0.1/30). At least one.
+	Addresses []netip.Prefix
+	// Routes are extra masked prefixes reached through this tunnel.
+	// Default: none.
+	Routes []netip.Prefix
+	// DefaultRoute adds the default routes 0.0.0.0/0 and ::/0 through this
+	// tunnel. Default false.
+	DefaultRoute bool
+	// AllowedSources are the masked prefixes that inner source addresses
+	// from this peer must fall in. nil (the default) means
+	// AllowedSourcePrefixes' default.
+	AllowedSources []netip.Prefix
+	// MTU is the inner MTU. 0 (the default) means PathMTU minus Overhead;
+	// use EffectiveMTU.
+	MTU int
+	// PathMTU is the MTU of the outer path. Default DefaultPathMTU (1500).
+	PathMTU int
+	// TTL is the outer TTL or hop limit. Zero value: TTLInherit.
+	TTL TTL
+	// TOS is the outer ToS or traffic class. Zero value: 0, with the inner
+	// ECN bits copied (RFC 6040 normal mode).
+	TOS TOS
+	// DF is the outer don't-fragment policy. Zero value: DFSet.
+	DF DF
+	// EncapLimit is the RFC 2473 tunnel encapsulation limit sent in a
+	// destination options header, 0..255, for TransportRaw with an IPv6
+	// outer only: default DefaultEncapLimit (4). It is EncapLimitNone (-1)
+	// when disabled and on every other tunnel.
+	EncapLimit int
+	// Roaming accepts the peer from a new outer address (and port) and
+	// sends to wherever it was last heard from. Default false.
+	Roaming bool
+	// Capture is the path of a pcap file receiving the inner packets, as
+	// given (relative paths are relative to the daemon's working directory).
+	// "" (the default) disables capture.
+	Capture string
+}
+
+// Transport is how a tunnel's outer datagrams travel.
+type Transport int
+
+// Transports.
+const (
+	// TransportUDP sends each inner packet as the payload of a UDP datagram
+	// (Linux FOU direct encapsulation). It needs no privileges.
+	TransportUDP Transport = iota
+	// TransportRaw sends real IP-in-IP (IP protocol 4 or 41) over a raw
+	// socket. It needs CAP_NET_RAW.
+	TransportRaw
+)
+
+func (t Transport) String() string {
+	switch t {
+	case TransportUDP:
+		return "udp"
+	case TransportRaw:
+		return "raw"
+	}
+	return "Transport(" + strconv.Itoa(int(t)) + ")"
+}
+
+// TTL is an outer TTL (IPv4) or hop limit (IPv6): 1..255, or TTLInherit.
+type TTL uint8
+
+// TTLInherit copies the inner packet's TTL or hop limit, like Linux ipip
+// with "ttl inherit" (its default).
+const TTLInherit TTL = 0
+
+func (t TTL) String() string {
+	if t == TTLInherit {
+		return "inherit"
+	}
+	return strconv.Itoa(int(t))
+}
+
+// TOS is an outer IPv4 ToS or IPv6 traffic class: 0..255, or TOSInherit.
+// With a number, the inner ECN bits are still copied to the outer header
+// (RFC 6040 normal mode) and the number's own ECN bits are ignored.
+type TOS int
+
+// TOSInherit copies the inner packet's DSCP and ECN bits.
+const TOSInherit TOS = -1
+
+func (t TOS) String() string {
+	if t == TOSInherit {
+		return "inherit"
+	}
+	return strconv.Itoa(int(t))
+}
+
+// DF is the don't-fragment policy of the outer header.
+type DF int
+
+// DF policies.
+const (
+	// DFSet always sets DF on an IPv4 outer header and never fragments an
+	// IPv6 outer packet; an inner packet that does not fit is answered with
+	// ICMP "fragmentation needed" / "packet too big".
+	DFSet DF = iota
+	// DFInherit copies DF from an inner IPv4 header (an inner IPv6 packet
+	// counts as DF set).
+	DFInherit
+	// DFClear lets the outer packet be fragmented.
+	DFClear
+)
+
+func (d DF) String() string {
+	switch d {
+	case DFSet:
+		return "set"
+	case DFInherit:
+		return "inherit"
+	case DFClear:
+		return "clear"
+	}
+	return "DF(" + strconv.Itoa(int(d)) + ")"
+}
+
+// OuterIPv6 reports whether the tunnel's outer header is IPv6.
+func (t *Tunnel) OuterIPv6() bool { return t.Local.Addr().Is6() }
+
+// Overhead returns the bytes the encapsulation adds to each inner packet:
+// 20 for an IPv4 outer header or 40 for IPv6, plus 8 for the RFC 2473
+// encapsulation limit option (raw IPv6 only, as Linux ip6tnl), plus 8 for
+// TransportUDP.
+func (t *Tunnel) Overhead() int {
+	o := ipv4OuterOverhead
+	if t.OuterIPv6() {
+		o = ipv6OuterOverhead
+		if t.Transport == TransportRaw && t.EncapLimit >= 0 {
+			o += encapLimitOptionOverhead
+		}
+	}
+	if t.Transport == TransportUDP {
+		o += udpOverhead
+	}
+	return o
+}
+
+// EffectiveMTU returns the inner MTU: MTU if set, otherwise PathMTU (1500 if
+// 0) minus Overhead. For a 1500-byte path that is 1480 for raw over IPv4,
+// 1472 for UDP over IPv4, 1452 for raw over IPv6 with an encapsulation limit
+// (1460 without) and 1452 for UDP over IPv6.
+func (t *Tunnel) EffectiveMTU() int {
+	if t.MTU != 0 {
+		return t.MTU
+	}
+	p := t.PathMTU
+	if p == 0 {
+		p = DefaultPathMTU
+	}
+	return p - t.Overhead()
+}
+
+// OnLinkPrefixes returns the masked prefixes of Addresses.
+func (t *Tunnel) OnLinkPrefixes() []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(t.Addresses))
+	for _, a := range t.Addresses {
+		out = append(out, a.Masked())
+	}
+	return out
+}
+
+var (
+	defaultRoute4 = netip.MustParsePrefix("0.0.0.0/0")
+	defaultRoute6 = netip.MustParsePrefix("::/0")
+)
+
+// RoutePrefixes returns every prefix routed through the tunnel: the on-link
+// prefixes, Routes, and 0.0.0.0/0 and ::/0 if DefaultRoute is set.
+func (t *Tunnel) RoutePrefixes() []netip.Prefix {
+	out := append(t.OnLinkPrefixes(), t.Routes...)
+	if t.DefaultRoute {
+		out = append(out, defaultRoute4, defaultRoute6)
+	}
+	return out
+}
+
+// Reaches reports whether a packet to addr would be routed through the
+// tunnel (by any of RoutePrefixes, not necessarily the longest match).
+func (t *Tunnel) Reaches(addr netip.Addr) bool {
+	for _, p := range t.RoutePrefixes() {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowedSourcePrefixes returns the prefixes inner source addresses from the
+// peer must fall in: AllowedSources if set, otherwise RoutePrefixes (the
+// on-link prefixes, the routes, and anything if DefaultRoute is set).
+func (t *Tunnel) AllowedSourcePrefixes() []netip.Prefix {
+	if t.AllowedSources != nil {
+		return append([]netip.Prefix(nil), t.AllowedSources...)
+	}
+	return t.RoutePrefixes()
+}
+
+// HasIPv6Inner reports whether the tunnel has an inner IPv6 address.
+func (t *Tunnel) HasIPv6Inner() bool {
+	for _, a := range t.Addresses {
+		if a.Addr().Is6() {
+			return true
+		}
+	}
+	return false
+}
+
+// Protocol is the transport protocol of a forward.
+type Protocol int
+
+// Protocols.
+const (
+	TCP Protocol = iota
+	UDP
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return "Protocol(" + strconv.Itoa(int(p)) + ")"
+}
+
+// Forward is a forward block: a listener on the host whose connections (TCP)
+// or sessions (UDP) are relayed to Target inside the tunnels.
+type Forward struct {
+	// Name is the block label, unique among forwards.
+	Name string
+	// Protocol is TCP or UDP. Zero value: TCP.
+	Protocol Protocol
+	// Listen is the host address to listen on, with a non-zero port.
+	Listen netip.AddrPort
+	// Target is the address inside the tunnels to relay to; some tunnel
+	// reaches it.
+	Target netip.AddrPort
+	// IdleTimeout closes a connection or UDP session idle this long.
+	// Default DefaultUDPIdleTimeout (60s) for UDP, 0 (never) for TCP.
+	IdleTimeout time.Duration
+	// MaxConnections bounds concurrent connections or UDP sessions.
+	// Default DefaultMaxConnections (1024).
+	MaxConnections int
+}
+
+// Reverse is a reverse block: a listener inside the stack whose connections
+// or sessions are relayed to Target on the host.
+type Reverse struct {
+	// Name is the block label, unique among reverses.
+	Name string
+	// Protocol is TCP or UDP. Zero value: TCP.
+	Protocol Protocol
+	// Listen is the address inside the stack, with a non-zero port: one of
+	// the tunnels' inner addresses, or unspecified (0.0.0.0 or ::) for all
+	// of them in that family.
+	Listen netip.AddrPort
+	// Target is the host address to relay to.
+	Target netip.AddrPort
+	// IdleTimeout closes a connection or UDP session idle this long.
+	// Default DefaultUDPIdleTimeout (60s) for UDP, 0 (never) for TCP.
+	IdleTimeout time.Duration
+	// MaxConnections bounds concurrent connections or UDP sessions.
+	// Default DefaultMaxConnections (1024).
+	MaxConnections int
+}
+
+// SOCKS5 is a socks5 block: a SOCKS5 proxy (RFC 1928, CONNECT and UDP
+// ASSOCIATE) on the host whose connections are dialed inside the stack.
+type SOCKS5 struct {
+	// Name is the block label, unique among socks5 blocks.
+	Name string
+	// Listen is the host address to listen on, with a non-zero port.
+	Listen netip.AddrPort
+	// Username and Password enable RFC 1929 authentication; both are set
+	// (1..255 bytes) or both are "" (the default: no authentication).
+	Username string
+	Password string
+	// MaxConnections bounds concurrent client connections. Default
+	// DefaultMaxConnections (1024).
+	MaxConnections int
+}
+
+// AuthRequired reports whether clients must authenticate.
+func (s *SOCKS5) AuthRequired() bool { return s.Username != "" }
+
+// TUN is the tun block: a host TUN device whose packets enter the stack and
+// are routed into the tunnels. It needs CAP_NET_ADMIN.
+type TUN struct {
+	// Name is the interface name. Default DefaultTUNName ("ipip0").
+	Name string
+	// Addresses are host-side addresses given to the device, with their
+	// prefix lengths. Default: none.
+	Addresses []netip.Prefix
+	// Routes are masked prefixes the host routes into the device. Default:
+	// none.
+	Routes []netip.Prefix
+	// MTU is the device MTU. Default: the smallest EffectiveMTU of the
+	// tunnels, so that host packets need no fragmentation in the stack.
+	MTU int
+}

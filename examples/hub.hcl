@@ -1,0 +1,72 @@
+# A hub routing between three peers (documentation addresses: adapt them).
+# Each peer has its own tunnel, its own /30 and, behind it, a network of its
+# own; with forwarding on, the hub's stack routes between the tunnels, so
+# peer1's LAN can reach peer2's and the other peers reach the internet
+# through peer3.
+
+log {
+  level  = "info"
+  format = "json"
+}
+
+status {
+  listen = "127.0.0.1:9100"
+}
+
+stack {
+  forwarding         = true # route between tunnels (router mode)
+  tcp_sack           = true
+  tcp_congestion     = "cubic"
+  reassembly_timeout = "30s"
+}
+
+# peer1: rootless UDP, with a LAN behind it.
+tunnel "peer1" {
+  transport = "udp"
+  local     = "192.0.2.1:4701"
+  remote    = "198.51.100.11:4700"
+  addresses = ["10.99.1.1/30"]
+  routes    = ["10.101.0.0/16"] # peer1's LAN
+  # allowed_sources defaults to 10.99.1.0/30 and 10.101.0.0/16.
+  capture = "peer1.pcap" # inner packets, for wireshark
+}
+
+# peer2: real IP-in-IP over IPv6 (next header 4/41, like Linux ip6tnl); needs
+# CAP_NET_RAW. It carries IPv4 and IPv6 inner traffic.
+tunnel "peer2" {
+  transport   = "raw"
+  local       = "2001:db8::1" # raw tunnels have no ports
+  remote      = "2001:db8:2::2"
+  addresses   = ["10.99.2.1/30", "fd99:2::1/64"]
+  routes      = ["10.102.0.0/16", "fd02::/48"]
+  encap_limit = 4       # RFC 2473 option (the default); the MTU is 1500 - 40 - 8 = 1452
+  ttl         = 64      # a fixed outer hop limit instead of "inherit"
+  tos         = "inherit"
+}
+
+# peer3: the upstream. Everything not routed elsewhere goes there, and it
+# may move (NAT rebinding, DHCP), so its outer address is learned.
+tunnel "peer3" {
+  transport       = "udp"
+  local           = "192.0.2.1:4703"
+  remote          = "203.0.113.7:4700"
+  addresses       = ["10.99.3.1/30"]
+  default_route   = true # 0.0.0.0/0 and ::/0
+  allowed_sources = ["0.0.0.0/0"] # replies from anywhere on the internet
+  roaming         = true
+  path_mtu        = 1420 # the upstream path is itself a tunnel
+}
+
+# SSH into the hub from any peer.
+reverse "ssh" {
+  protocol        = "tcp"
+  listen          = "10.99.1.1:22"
+  target          = "127.0.0.1:22"
+  max_connections = 16
+}
+
+# The hub's own host reaches a web server in peer1's LAN.
+forward "intranet" {
+  listen = "127.0.0.1:8080"
+  target = "10.101.0.10:80"
+}
