@@ -438,15 +438,15 @@ type txBatch struct {
 	msgs  []Message
 	sizes []int // inner packet sizes, for the counters
 	hdrs  [][encap.IPv6HeaderLen + encap.EncapLimitLen]byte
-	segs [][MaxSegments][]byte
+	segs  [][MaxSegments][]byte
 }
 
 func newTxBatch(n int) *txBatch {
 	return &txBatch{
 		msgs:  make([]Message, n),
 		sizes: make([]int, n),
-		hdrs: make([][encap.IPv6HeaderLen + encap.EncapLimitLen]byte, n),
-		segs: make([][MaxSegments][]byte, n),
+		hdrs:  make([][encap.IPv6HeaderLen + encap.EncapLimitLen]byte, n),
+		segs:  make([][MaxSegments][]byte, n),
 	}
 }
 

@@ -145,9 +145,11 @@ type Stack struct {
 	gv  *gvstack.Stack
 	log *slog.Logger
 
-	// mu guards tunnels and closed.
+	// mu guards the fields below.
 	mu      sync.Mutex
 	tunnels []*tunnel
+	links   []gvstack.LinkEndpoint // added by AddLink
+	nextNIC tcpip.NICID
 	closed  bool
 }
 
@@ -198,7 +200,8 @@ func New(cfg Config) (_ *Stack, err error) {
 			return nil, fmt.Errorf("stack: tunnel %q defined twice", t.Name)
 		}
 		names[t.Name] = true
-		if err := s.addTunnel(t, tcpip.NICID(i+1)); err != nil {
+		s.nextNIC++
+		if err := s.addTunnel(t, s.nextNIC); err != nil {
 			if t.Conn != nil {
 				t.Conn.Close()
 			}
@@ -310,18 +313,8 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 	s.mu.Lock()
 	s.tunnels = append(s.tunnels, tun)
 	s.mu.Unlock()
-	for _, a := range t.Addresses {
-		if !a.IsValid() {
-			return fmt.Errorf("stack: tunnel %q: invalid address", t.Name)
-		}
-		pa := tcpip.ProtocolAddress{
-			Protocol:          protoOf(a.Addr()),
-			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpipAddr(a.Addr()), PrefixLen: a.Bits()},
-		}
-		if terr := s.gv.AddProtocolAddress(nic, pa, gvstack.AddressProperties{}); terr != nil {
-			return fmt.Errorf("stack: tunnel %q: address %v: %s", t.Name, a, terr)
-		}
-		s.gv.AddRoute(tcpip.Route{Destination: subnet(a.Masked()), NIC: nic})
+	if err := s.addAddresses("tunnel "+t.Name, nic, t.Addresses); err != nil {
+		return err
 	}
 	for _, r := range t.Routes {
 		s.gv.AddRoute(tcpip.Route{Destination: subnet(r.Masked()), NIC: nic})
@@ -352,12 +345,15 @@ func (s *Stack) Close() error {
 		return nil
 	}
 	s.closed = true
-	tunnels := s.tunnels
+	tunnels, links := s.tunnels, s.links
 	s.mu.Unlock()
 	// Close the tunnels first: that stops their receive goroutines, which
 	// gVisor's Wait waits for before it closes link endpoints itself.
 	for _, t := range tunnels {
 		t.ep.Close()
+	}
+	for _, l := range links {
+		l.Close()
 	}
 	s.gv.Close()
 	s.gv.Wait()
@@ -443,4 +439,50 @@ func maskBytes(p netip.Prefix) []byte {
 		m[i/8] |= 0x80 >> (i % 8)
 	}
 	return m
+}
+
+// AddLink adds a NIC of the caller's, such as a TUN device, to the stack:
+// addrs are its addresses (with the on-link prefix, which becomes a route)
+// and routes further prefixes reached through it. The stack owns ep from
+// then on and closes it in Close. With Config.Forwarding set, packets are
+// routed between it and the tunnels.
+func (s *Stack) AddLink(name string, ep gvstack.LinkEndpoint, addrs, routes []netip.Prefix) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ep.Close()
+		return fmt.Errorf("stack: add link %q: %w", name, ErrClosed)
+	}
+	s.nextNIC++
+	nic := s.nextNIC
+	s.links = append(s.links, ep)
+	s.mu.Unlock()
+	if terr := s.gv.CreateNICWithOptions(nic, ep, gvstack.NICOptions{Name: name}); terr != nil {
+		return fmt.Errorf("stack: add link %q: %s", name, terr)
+	}
+	if err := s.addAddresses(name, nic, addrs); err != nil {
+		return err
+	}
+	for _, r := range routes {
+		s.gv.AddRoute(tcpip.Route{Destination: subnet(r.Masked()), NIC: nic})
+	}
+	return nil
+}
+
+// addAddresses assigns addrs to nic and adds their on-link routes.
+func (s *Stack) addAddresses(name string, nic tcpip.NICID, addrs []netip.Prefix) error {
+	for _, a := range addrs {
+		if !a.IsValid() {
+			return fmt.Errorf("stack: %q: invalid address", name)
+		}
+		pa := tcpip.ProtocolAddress{
+			Protocol:          protoOf(a.Addr()),
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpipAddr(a.Addr()), PrefixLen: a.Bits()},
+		}
+		if terr := s.gv.AddProtocolAddress(nic, pa, gvstack.AddressProperties{}); terr != nil {
+			return fmt.Errorf("stack: %q: address %v: %s", name, a, terr)
+		}
+		s.gv.AddRoute(tcpip.Route{Destination: subnet(a.Masked()), NIC: nic})
+	}
+	return nil
 }

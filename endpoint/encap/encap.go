@@ -31,12 +31,12 @@ const (
 // IP protocol numbers of the inner packet, as carried in the outer header's
 // protocol / next header field.
 const (
-	ProtoIPIP uint8 = 4  // IPv4 inside (RFC 2003)
-	ProtoIPv6 uint8 = 41 // IPv6 inside (RFC 4213, RFC 2473)
-	protoDstOpts    = 60 // IPv6 destination options
-	protoHopByHop   = 0
-	protoFragment   = 44
-	protoRouting    = 43
+	ProtoIPIP     uint8 = 4  // IPv4 inside (RFC 2003)
+	ProtoIPv6     uint8 = 41 // IPv6 inside (RFC 4213, RFC 2473)
+	protoDstOpts        = 60 // IPv6 destination options
+	protoHopByHop       = 0
+	protoFragment       = 44
+	protoRouting        = 43
 )
 
 // IPv6 destination option types (RFC 2473 §4.1.1, RFC 8200 §4.2).
