@@ -1,0 +1,62 @@
+# ipipstack: every step the README shows is a target here.
+GO       ?= go
+PKGS     ?= ./...
+BENCHTIME ?= 3s
+COUNT    ?= 6
+FUZZTIME ?= 30s
+
+# Debian packages the tests use: tshark opens the pcap captures, ping is
+# the kernel's ping in the TUN test, curl fetches through SOCKS5 and forwards.
+DEB_TOOLS := tshark:tshark ping:iputils-ping curl:curl ip:iproute2
+
+.PHONY: all build test deps demo bench fuzz lint soak clean
+
+all: build
+
+build:
+	$(GO) build -o bin/ipipstack ./cmd/ipipstack
+
+## demo: the main job on its embedded default (two stacks over loopback UDP).
+demo:
+	$(GO) run ./cmd/ipipstack demo
+
+## deps: install the Debian packages the tests need, if any is missing.
+deps:
+	@missing=""; for pair in $(DEB_TOOLS); do \
+	  tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (install them as root)"; exit 1; fi; \
+	  echo "installing:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+## test: vet, then every test with the race detector. Privileged tests run
+## as root and skip otherwise (IPIPSTACK_PRIVILEGED=1 makes a skip a failure).
+test: deps
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	@echo "== every benchmark once (-benchtime 1x), so a broken benchmark fails the tests"
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./bench/
+
+## bench: the benchmarks, COUNT runs each for benchstat.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count $(COUNT) ./bench/ | tee bench/out.txt
+
+## fuzz: each fuzz target for FUZZTIME.
+fuzz:
+	@$(GO) list -f '{{.Dir}}' $(PKGS) | while read dir; do \
+	  for f in $$(cd $$dir && $(GO) test -list '^Fuzz' . 2>/dev/null | grep '^Fuzz'); do \
+	    echo "== $$dir $$f"; (cd $$dir && $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) .) || exit 1; \
+	  done; \
+	done
+
+lint:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf bin
