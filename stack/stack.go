@@ -294,6 +294,9 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 	}
 	var link gvstack.LinkEndpoint = ep
 	if t.Capture != nil {
+		// gVisor's sniffer also logs every packet as text unless told
+		// not to; the pcap is what the user asked for.
+		sniffer.LogPackets.Store(0)
 		sn, err := sniffer.NewWithWriter(ep, t.Capture, uint32(endpoint.MaxMTU))
 		if err != nil {
 			ep.Close()
