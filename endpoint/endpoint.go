@@ -96,6 +96,13 @@ type Options struct {
 	// BatchSize is the number of datagrams read or written per system
 	// call; 0 means 64.
 	BatchSize int
+	// DisableGSO stops the stack from handing the endpoint 64 KiB TCP
+	// super-segments (host GSO), which the endpoint cuts into wire-size
+	// packets and, where the transport has UDP GSO, sends in one call.
+	DisableGSO bool
+	// DisableGRO turns off receive offloads: UDP GRO on the socket and
+	// gVisor's coalescing of TCP segments before TCP.
+	DisableGRO bool
 	// Logger receives the endpoint's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -112,6 +119,11 @@ type Endpoint struct {
 	anySourcePort bool
 	batch         int
 	log           *slog.Logger
+	// offloads are what the transport does; gsoMax is the super-segment
+	// size asked of the stack (0: no GSO); gro enables gVisor GRO.
+	offloads Offloads
+	gsoMax   uint32
+	gro      bool
 
 	remote  atomic.Pointer[netip.AddrPort]
 	allowed atomic.Pointer[[]netip.Prefix]
@@ -131,7 +143,22 @@ type Endpoint struct {
 	txPool sync.Pool
 }
 
-var _ stack.LinkEndpoint = (*Endpoint)(nil)
+var (
+	_ stack.LinkEndpoint = (*Endpoint)(nil)
+	_ stack.GSOEndpoint  = (*Endpoint)(nil)
+)
+
+// GSOMaxSize implements stack.GSOEndpoint.GSOMaxSize.
+func (e *Endpoint) GSOMaxSize() uint32 { return e.gsoMax }
+
+// SupportedGSO implements stack.GSOEndpoint.SupportedGSO: host GSO, so that
+// TCP hands over super-segments, which the endpoint cuts itself.
+func (e *Endpoint) SupportedGSO() stack.SupportedGSO {
+	if e.gsoMax == 0 {
+		return stack.GSONotSupported
+	}
+	return stack.HostGSOSupported
+}
 
 // New returns an Endpoint sending to opts.Remote over opts.Transport.
 func New(opts Options) (*Endpoint, error) {
@@ -190,6 +217,20 @@ func New(opts Options) (*Endpoint, error) {
 		return nil, fmt.Errorf("endpoint: MTU %d outside %d..%d", mtu, MinMTU, MaxMTU)
 	}
 	e.mtu.Store(mtu)
+	if o, ok := opts.Transport.(Offloader); ok {
+		e.offloads = o.Offloads()
+	}
+	if opts.DisableGRO {
+		e.offloads.GRO = false
+	} else {
+		e.gro = true
+	}
+	if !opts.DisableGSO {
+		e.gsoMax = gsoMaxSize(mtu)
+	}
+	if opts.DisableGSO {
+		e.offloads.GSO = false
+	}
 	e.remote.Store(&remote)
 	e.SetAllowedSources(opts.AllowedSources)
 	e.ipID.Store(uint32(time.Now().UnixNano()))
@@ -309,6 +350,13 @@ func (e *Endpoint) receive(r Receiver) {
 		bufs[i][0] = make([]byte, 1<<16)
 		msgs[i].Buffers = bufs[i][:]
 	}
+	// gd coalesces TCP segments (gVisor GRO) and hands them to fix, which
+	// repairs merged packets' checksums before the stack sees them.
+	var fix checksumFixer
+	var gd groDispatcher
+	gd.g.Init(true)
+	gd.g.Dispatcher = &fix
+	seg := Message{Buffers: make([][]byte, 1)}
 	var lastErr time.Time
 	for {
 		n, err := r.ReadBatch(msgs)
@@ -330,17 +378,46 @@ func (e *Endpoint) receive(r Receiver) {
 		e.mu.RLock()
 		d := e.dispatcher
 		e.mu.RUnlock()
+		if d == nil {
+			for range n {
+				e.stats.drop(encap.Closed)
+			}
+			continue
+		}
+		var target stack.NetworkDispatcher = d
+		if e.gro {
+			fix.next, fix.mtu = d, int(e.mtu.Load())
+			target = &gd
+		}
 		for i := 0; i < n; i++ {
 			m := &msgs[i]
-			if d == nil {
-				e.stats.drop(encap.Closed)
+			if m.GSOSize > 0 && m.GSOSize < m.N {
+				e.deliverCoalesced(target, m, &seg)
 				continue
 			}
-			e.deliver(d, m)
+			e.deliver(target, m)
+		}
+		if e.gro {
+			gd.g.Flush()
 		}
 		if n > 0 {
 			e.stats.lastSeen.Store(time.Now().UnixNano())
 		}
+	}
+}
+
+// deliverCoalesced splits a datagram that UDP GRO coalesced from several
+// into its original datagrams of m.GSOSize bytes (the last may be shorter)
+// and delivers each; seg is scratch for the pieces.
+func (e *Endpoint) deliverCoalesced(d stack.NetworkDispatcher, m *Message, seg *Message) {
+	data := m.Buffers[0][:m.N]
+	bufs := seg.Buffers[:1] // seg's own slot, not m's
+	*seg = *m
+	seg.Buffers, seg.GSOSize = bufs, 0
+	for off := 0; off < len(data); off += m.GSOSize {
+		p := data[off:min(off+m.GSOSize, len(data))]
+		bufs[0], seg.N = p, len(p)
+		e.deliver(d, seg)
 	}
 }
 
@@ -417,11 +494,13 @@ func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
 	if p.Proto == encap.ProtoIPv6 {
 		netProto = ipv6.ProtocolNumber
 	}
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(inner)})
-	d.DeliverNetworkPacket(netProto, pkt)
-	pkt.DecRef()
+	// Count before delivering: a reply may leave before delivery returns.
 	e.stats.rxPackets.Add(1)
 	e.stats.rxBytes.Add(uint64(len(inner)))
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(inner)})
+	pkt.NetworkProtocolNumber = netProto
+	d.DeliverNetworkPacket(netProto, pkt)
+	pkt.DecRef()
 }
 
 func contains(ps []netip.Prefix, a netip.Addr) bool {
@@ -433,51 +512,153 @@ func contains(ps []netip.Prefix, a netip.Addr) bool {
 	return false
 }
 
-// txBatch is the reusable state of one WritePackets call.
+// txBatch is the reusable state of one WritePackets call: the messages
+// of one sendmmsg and what they point to.
 type txBatch struct {
-	msgs  []Message
-	sizes []int // inner packet sizes, for the counters
-	hdrs  [][encap.IPv6HeaderLen + encap.EncapLimitLen]byte
-	segs  [][MaxSegments][]byte
+	msgs []Message
+	// packets and bytes are the inner packets and bytes of each message,
+	// for the counters (a GSO message carries several packets).
+	packets, bytes []int
+	hdrs           [][encap.IPv6HeaderLen + encap.EncapLimitLen]byte
+	segs           [][MaxSegments][]byte
+	n              int // messages filled
+	// gso are buffers for segmented super-segments; gsoUsed are in use.
+	gso     [][]byte
+	gsoUsed int
 }
 
 func newTxBatch(n int) *txBatch {
 	return &txBatch{
-		msgs:  make([]Message, n),
-		sizes: make([]int, n),
-		hdrs:  make([][encap.IPv6HeaderLen + encap.EncapLimitLen]byte, n),
-		segs:  make([][MaxSegments][]byte, n),
+		msgs:    make([]Message, n),
+		packets: make([]int, n),
+		bytes:   make([]int, n),
+		hdrs:    make([][encap.IPv6HeaderLen + encap.EncapLimitLen]byte, n),
+		segs:    make([][MaxSegments][]byte, n),
 	}
+}
+
+// maxGSOBuffers bounds the segmented super-segments one batch holds
+// before it is sent (each buffer is 128 KiB).
+const maxGSOBuffers = 8
+
+// gsoBuf returns a buffer for one segmented super-segment.
+func (tb *txBatch) gsoBuf() []byte {
+	if tb.gsoUsed == len(tb.gso) {
+		tb.gso = append(tb.gso, make([]byte, 1<<17))
+	}
+	tb.gsoUsed++
+	return tb.gso[tb.gsoUsed-1]
 }
 
 // WritePackets implements stack.LinkEndpoint.WritePackets. Packets that
 // cannot be sent (too big, not IP, a send error) are dropped and counted,
 // like a NIC drops on the wire; only a closed endpoint returns an error.
+//
+// TCP super-segments (host GSO) are cut into wire-size packets here; over
+// a transport with UDP GSO they leave in one system call.
 func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	if e.closed.Load() {
 		return 0, &tcpip.ErrClosedForSend{}
 	}
 	tb := e.txPool.Get().(*txBatch)
-	defer e.txPool.Put(tb)
 	remote := *e.remote.Load()
 	mtu := int(e.mtu.Load())
-	all := pkts.AsSlice()
-	for len(all) > 0 {
-		n := 0
-		for len(all) > 0 && n < len(tb.msgs) {
-			pkt := all[0]
-			all = all[1:]
-			if e.encode(tb, n, pkt, remote, mtu) {
-				n++
+	for _, pkt := range pkts.AsSlice() {
+		gso := pkt.GSOOptions
+		if gso.Type == stack.GSOTCPv4 || gso.Type == stack.GSOTCPv6 {
+			if pkt.Data().Size() > int(gso.MSS) && gso.MSS > 0 {
+				e.writeSuper(tb, pkt, int(gso.MSS), remote, mtu)
+				continue
+			}
+			if gso.NeedsCsum {
+				finishChecksum(pkt)
 			}
 		}
-		e.send(tb.msgs[:n], tb.sizes[:n])
-		for i := range n {
-			clear(tb.segs[i][:])
-			tb.msgs[i].Buffers = nil
+		if tb.n == len(tb.msgs) {
+			e.flush(tb)
+		}
+		if e.encode(tb, tb.n, pkt, remote, mtu) {
+			tb.n++
 		}
 	}
+	e.flush(tb)
+	e.txPool.Put(tb)
 	return pkts.Len(), nil
+}
+
+// writeSuper cuts a TCP super-segment into packets of mss payload bytes
+// and queues them: as one UDP_SEGMENT message where the transport can, as
+// one message per packet otherwise.
+func (e *Endpoint) writeSuper(tb *txBatch, pkt *stack.PacketBuffer, mss int, remote netip.AddrPort, mtu int) {
+	hdr := len(pkt.NetworkHeader().Slice()) + len(pkt.TransportHeader().Slice())
+	if hdr+mss > mtu {
+		e.stats.drop(encap.TooBig)
+		return
+	}
+	pieces := (pkt.Data().Size() + mss - 1) / mss
+	if tb.gsoUsed == maxGSOBuffers {
+		e.flush(tb) // bound the memory one batch holds
+	}
+	buf := tb.gsoBuf()
+	if pieces*(hdr+mss) > len(buf) {
+		e.stats.drop(encap.TooBig)
+		return
+	}
+	n, segSize := segmentTCP(buf, pkt, mss)
+	in, _ := encap.PeekInner(buf)
+	if e.offloads.GSO {
+		if tb.n == len(tb.msgs) {
+			e.flush(tb)
+		}
+		i := tb.n
+		m := &tb.msgs[i]
+		segs := append(tb.segs[i][:0], buf[:n])
+		m.Buffers, m.Addr, m.GSOSize = segs, remote, segSize
+		if pieces == 1 {
+			m.GSOSize = 0
+		}
+		e.outerFields(m, in)
+		tb.packets[i], tb.bytes[i] = pieces, n
+		tb.n++
+		return
+	}
+	for off := 0; off < n; off += segSize {
+		p := buf[off:min(off+segSize, n)]
+		if tb.n == len(tb.msgs) {
+			e.flushKeep(tb)
+		}
+		i := tb.n
+		m := &tb.msgs[i]
+		segs := tb.segs[i][:0]
+		if e.enc != nil {
+			hdr := tb.hdrs[i][:]
+			k, err := e.enc.EncodeHead(hdr, p, len(p), uint16(e.ipID.Add(1)))
+			if err != nil {
+				e.stats.drop(encap.NotIP)
+				continue
+			}
+			segs = append(segs, hdr[:k])
+		} else {
+			e.outerFields(m, in)
+		}
+		m.Buffers, m.Addr, m.GSOSize = append(segs, p), remote, 0
+		tb.packets[i], tb.bytes[i] = 1, len(p)
+		tb.n++
+	}
+}
+
+// outerFields sets the outer ToS and TTL that the kernel writes for a UDP
+// transport, from the inner packet's fields and the policy.
+func (e *Endpoint) outerFields(m *Message, in encap.Inner) {
+	m.TOS = e.pol.TOS
+	if e.pol.TOSInherit {
+		m.TOS = in.TOS
+	}
+	m.TOS = m.TOS&^3 | encap.EncapECN(in.TOS)
+	m.TTL = e.pol.TTL
+	if m.TTL == 0 {
+		m.TTL = in.TTL
+	}
 }
 
 // encode fills message i of tb for pkt and reports whether it is to be
@@ -530,52 +711,63 @@ func (e *Endpoint) encode(tb *txBatch, i int, pkt *stack.PacketBuffer, remote ne
 		}
 		segs[0] = hdr[:n]
 	} else {
-		m.TOS = e.pol.TOS
-		if e.pol.TOSInherit {
-			m.TOS = in.TOS
-		}
-		m.TOS = m.TOS&^3 | encap.EncapECN(in.TOS)
-		m.TTL = e.pol.TTL
-		if m.TTL == 0 {
-			m.TTL = in.TTL
-		}
+		e.outerFields(m, in)
 	}
-	m.Buffers = segs
-	m.Addr = remote
-	tb.sizes[i] = size
+	m.Buffers, m.Addr, m.GSOSize = segs, remote, 0
+	tb.packets[i], tb.bytes[i] = 1, size
 	return true
+}
+
+// flush sends the queued messages and frees every buffer they used.
+func (e *Endpoint) flush(tb *txBatch) {
+	e.flushKeep(tb)
+	tb.gsoUsed = 0
+}
+
+// flushKeep sends the queued messages but keeps the GSO buffers in use, for
+// a super-segment whose packets span two batches.
+func (e *Endpoint) flushKeep(tb *txBatch) {
+	if tb.n > 0 {
+		e.send(tb.msgs[:tb.n], tb.packets[:tb.n], tb.bytes[:tb.n])
+	}
+	for i := range tb.n {
+		clear(tb.segs[i][:])
+		tb.msgs[i].Buffers = nil
+	}
+	tb.n = 0
 }
 
 // send writes msgs, skipping over messages the kernel refuses, and counts
 // what was sent.
-func (e *Endpoint) send(msgs []Message, sizes []int) {
+func (e *Endpoint) send(msgs []Message, packets, bytes []int) {
 	for len(msgs) > 0 {
 		n, err := e.tr.WriteBatch(msgs)
-		e.stats.txPackets.Add(uint64(n))
-		for _, s := range sizes[:n] {
-			e.stats.txBytes.Add(uint64(s))
+		for i := range n {
+			e.stats.txPackets.Add(uint64(packets[i]))
+			e.stats.txBytes.Add(uint64(bytes[i]))
 		}
 		if err == nil && n == len(msgs) {
 			return
 		}
-		msgs, sizes = msgs[n:], sizes[n:]
+		msgs, packets, bytes = msgs[n:], packets[n:], bytes[n:]
 		if len(msgs) == 0 {
 			return
 		}
 		// msgs[0] failed: count it and go on with the rest.
-		if errors.Is(err, syscall.EMSGSIZE) {
-			e.stats.drop(encap.TooBig)
-		} else if errors.Is(err, ErrClosed) {
-			e.stats.drop(encap.Closed)
-			for range msgs[1:] {
-				e.stats.drop(encap.Closed)
+		reason := encap.SendError
+		switch {
+		case errors.Is(err, syscall.EMSGSIZE):
+			reason = encap.TooBig
+		case errors.Is(err, ErrClosed):
+			for i := range msgs {
+				e.stats.drops[encap.Closed].Add(uint64(packets[i]))
 			}
 			return
-		} else {
-			e.stats.drop(encap.SendError)
+		default:
 			e.logSendError(err)
 		}
-		msgs, sizes = msgs[1:], sizes[1:]
+		e.stats.drops[reason].Add(uint64(packets[0]))
+		msgs, packets, bytes = msgs[1:], packets[1:], bytes[1:]
 	}
 }
 

@@ -14,7 +14,7 @@ import (
 
 // oobSize is the control buffer per message: room for a ToS / traffic
 // class and a TTL / hop limit (or a GRO segment size), each an int.
-const oobSize = 64
+const oobSize = 96
 
 // mmsgBatch is the preallocated state of one recvmmsg or sendmmsg call.
 // It is not safe for concurrent use: a reader owns one, writers share one
@@ -82,7 +82,7 @@ func (s *sockConn) recv(b *mmsgBatch, msgs []Message) (int, error) {
 		m := &msgs[i]
 		m.N = int(b.hdrs[i].Len)
 		m.Addr = sockaddrToAddrPort(&b.names[i])
-		m.HasTOS = false
+		m.HasTOS, m.GSOSize = false, 0
 		h := &b.hdrs[i].Hdr
 		parseControl(m, b.oob[i*oobSize:i*oobSize+int(h.Controllen)])
 	}
@@ -199,6 +199,10 @@ func parseControl(m *Message, oob []byte) {
 			m.TOS, m.HasTOS = data[0], true
 		case h.Level == unix.SOL_IPV6 && h.Type == unix.IPV6_TCLASS && len(data) >= 4:
 			m.TOS, m.HasTOS = uint8(*(*int32)(unsafe.Pointer(&data[0]))), true
+		case h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && len(data) >= 4:
+			// The UDP_GRO control message is an int (pitfall: the
+			// UDP_SEGMENT one on send is a u16).
+			m.GSOSize = int(*(*int32)(unsafe.Pointer(&data[0])))
 		}
 		adv := (l + unix.SizeofPtr - 1) &^ (unix.SizeofPtr - 1)
 		if adv >= len(oob) {
@@ -227,6 +231,13 @@ func putControl(oob []byte, m *Message, v6 bool) int {
 	put(tosType, int32(m.TOS))
 	if m.TTL != 0 {
 		put(ttlType, int32(m.TTL))
+	}
+	if m.GSOSize > 0 {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[off]))
+		h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+		h.SetLen(unix.CmsgLen(2))
+		*(*uint16)(unsafe.Pointer(&oob[off+unix.SizeofCmsghdr])) = uint16(m.GSOSize)
+		off += unix.CmsgSpace(2)
 	}
 	return off
 }

@@ -28,6 +28,8 @@ type SocketOptions struct {
 	// BatchSize is how many datagrams one recvmmsg or sendmmsg call moves;
 	// 0 means 64.
 	BatchSize int
+	// NoGSO and NoGRO keep UDP_SEGMENT and UDP_GRO off.
+	NoGSO, NoGRO bool
 }
 
 func (o *SocketOptions) batch() int {
@@ -50,6 +52,8 @@ type sockTransport struct {
 	// closers run once on Close (the net.UDPConn or os.Files).
 	closeOnce sync.Once
 	closers   []func() error
+
+	offloads Offloads
 
 	// txMu guards txBatch, the state of sendmmsg calls.
 	txMu    sync.Mutex
@@ -74,6 +78,9 @@ func (r *sockReceiver) ReadBatch(msgs []Message) (int, error) {
 	}
 	return n, err
 }
+
+// Offloads implements Offloader.
+func (t *sockTransport) Offloads() Offloads { return t.offloads }
 
 func (t *sockTransport) Framing() Framing          { return t.framing }
 func (t *sockTransport) LocalAddr() netip.AddrPort { return t.local }
@@ -123,8 +130,10 @@ func ListenUDP(local netip.AddrPort, opts SocketOptions) (Transport, error) {
 		return nil, fmt.Errorf("endpoint: %w", err)
 	}
 	var serr error
+	var off Offloads
 	rc.Control(func(fd uintptr) {
 		serr = setSockopts(int(fd), v6, opts, true)
+		off = udpOffloads(int(fd), opts)
 	})
 	if serr != nil {
 		c.Close()
@@ -133,14 +142,29 @@ func ListenUDP(local netip.AddrPort, opts SocketOptions) (Transport, error) {
 	sc := &sockConn{rc: rc, v6: v6}
 	la := c.LocalAddr().(*net.UDPAddr).AddrPort()
 	return &sockTransport{
-		framing: FramingUDP,
-		local:   netip.AddrPortFrom(la.Addr().Unmap(), la.Port()),
-		batch:   opts.batch(),
-		tx:      sc,
-		rx:      []*sockReceiver{{c: sc}},
-		closers: []func() error{c.Close},
-		txBatch: newMmsgBatch(opts.batch()),
+		framing:  FramingUDP,
+		local:    netip.AddrPortFrom(la.Addr().Unmap(), la.Port()),
+		batch:    opts.batch(),
+		tx:       sc,
+		rx:       []*sockReceiver{{c: sc}},
+		closers:  []func() error{c.Close},
+		txBatch:  newMmsgBatch(opts.batch()),
+		offloads: off,
 	}, nil
+}
+
+// udpOffloads turns UDP GRO on and probes UDP GSO, unless opts say not to.
+// Kernels before 4.18 (GSO) and 5.0 (GRO) lack them; the endpoint then
+// sends and receives one datagram per packet.
+func udpOffloads(fd int, opts SocketOptions) Offloads {
+	var o Offloads
+	if !opts.NoGSO && unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT, 0) == nil {
+		o.GSO = true
+	}
+	if !opts.NoGRO && unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1) == nil {
+		o.GRO = true
+	}
+	return o
 }
 
 // ListenRaw opens the raw IP-in-IP transport on local: receiving sockets

@@ -58,6 +58,11 @@ type Message struct {
 	// Proto is, on read from a FramingRawIPv6 transport, the outer next
 	// header (4 or 41) that the socket receives.
 	Proto uint8
+	// GSOSize, on write to a transport with Offloads.GSO, asks the kernel
+	// to cut the datagram into datagrams of this size (the last may be
+	// shorter); on read from one with Offloads.GRO, it says the datagram
+	// holds datagrams of this size back to back. 0: one datagram.
+	GSOSize int
 }
 
 // MaxSegments is the most slices of a Message that a transport sends.

@@ -1,0 +1,239 @@
+package endpoint
+
+import (
+	"encoding/binary"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
+)
+
+// Offloads are the segmentation offloads a Transport supports. A Transport
+// that does not implement Offloader has none.
+type Offloads struct {
+	// GSO: a written Message may carry GSOSize, and the kernel cuts it
+	// into datagrams of that size (UDP_SEGMENT).
+	GSO bool
+	// GRO: a read Message may hold several datagrams of GSOSize bytes
+	// back to back (UDP_GRO).
+	GRO bool
+}
+
+// Offloader is implemented by transports with segmentation offloads.
+type Offloader interface {
+	Offloads() Offloads
+}
+
+// Limits of one UDP_SEGMENT send (Linux UDP_MAX_SEGMENTS and the largest
+// UDP payload in an IPv4 datagram).
+const (
+	maxGSOSegments = 64
+	maxGSOBytes    = 65507
+)
+
+// tcpFlagMask are the flags that may appear only on the first (CWR) or the
+// last (FIN, PSH) packet cut from a super-segment.
+const (
+	tcpFlagCWR = 0x80
+	tcpFlagFIN = 0x01
+	tcpFlagPSH = 0x08
+)
+
+// gsoMaxSize is the largest TCP super-segment the endpoint asks gVisor for,
+// given the inner MTU: as many full packets as fit into one UDP_SEGMENT
+// send, so that a super-segment is one system call. gVisor caps a
+// super-segment's payload at GSOMaxSize minus 61 bytes (tcp/snd.go).
+func gsoMaxSize(mtu uint32) uint32 {
+	payload := int(mtu) - header.IPv4MinimumSize - header.TCPMinimumSize - header.TCPOptionsMaximumSize
+	if payload <= 0 {
+		return 0
+	}
+	segs := min(maxGSOSegments, maxGSOBytes/int(mtu))
+	if segs < 2 {
+		return 0
+	}
+	return uint32(segs*payload + header.TCPTotalHeaderMaximumSize + 1)
+}
+
+// finishChecksum completes the TCP checksum of a packet for which gVisor
+// wrote only the pseudo-header sum (host GSO, CHECKSUM_PARTIAL): the sum
+// over the TCP header, whose checksum field holds the pseudo-header sum,
+// and the payload is the checksum.
+func finishChecksum(pkt *stack.PacketBuffer) {
+	tcp := header.TCP(pkt.TransportHeader().Slice())
+	if len(tcp) < header.TCPMinimumSize {
+		return
+	}
+	sum := checksum.Checksum(tcp, 0)
+	sum = checksum.Combine(sum, pkt.Data().Checksum())
+	tcp.SetChecksum(^sum)
+}
+
+// segmentTCP cuts the TCP super-segment pkt into packets of at most mss
+// payload bytes, written back to back into out, each with its own IP total
+// length, IPv4 ID and header checksum, TCP sequence number and complete
+// checksum; PSH and FIN stay on the last packet only, CWR on the first. It
+// returns the bytes written and the size of every packet but the last.
+// out must hold the whole result: payload + headers per packet.
+func segmentTCP(out []byte, pkt *stack.PacketBuffer, mss int) (n, segSize int) {
+	ip := pkt.NetworkHeader().Slice()
+	tcp := pkt.TransportHeader().Slice()
+	l3, l4 := len(ip), len(tcp)
+	hdr := l3 + l4
+	v6 := ip[0]>>4 == 6
+	var src, dst tcpip.Address
+	var id uint16
+	if v6 {
+		h := header.IPv6(ip)
+		src, dst = h.SourceAddress(), h.DestinationAddress()
+	} else {
+		h := header.IPv4(ip)
+		src, dst = h.SourceAddress(), h.DestinationAddress()
+		id = h.ID()
+	}
+	seq := header.TCP(tcp).SequenceNumber()
+	flags := tcp[header.TCPFlagsOffset]
+	total := pkt.Data().Size()
+
+	// Copy the payload in place first, leaving room for the headers, so
+	// that the views are walked once.
+	vl, off := pkt.AsViewList()
+	skip := off + hdr
+	w := 0 // payload bytes written
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		b, skip = b[skip:], 0
+		for len(b) > 0 {
+			seg := w / mss
+			inSeg := w % mss
+			room := mss - inSeg
+			c := copy(out[seg*(hdr+mss)+hdr+inSeg:], b[:min(room, len(b))])
+			b = b[c:]
+			w += c
+		}
+	}
+	pieces := (total + mss - 1) / mss
+	for i := 0; i < pieces; i++ {
+		start := i * (hdr + mss)
+		plen := min(mss, total-i*mss)
+		p := out[start : start+hdr+plen]
+		copy(p, ip)
+		copy(p[l3:], tcp)
+		if v6 {
+			binary.BigEndian.PutUint16(p[4:], uint16(l4+plen))
+		} else {
+			h := header.IPv4(p[:l3])
+			h.SetTotalLength(uint16(hdr + plen))
+			h.SetID(id + uint16(i))
+			h.SetChecksum(0)
+			h.SetChecksum(^h.CalculateChecksum())
+		}
+		t := header.TCP(p[l3:])
+		t.SetSequenceNumber(seq + uint32(i*mss))
+		f := flags
+		if i != 0 {
+			f &^= tcpFlagCWR
+		}
+		if i != pieces-1 {
+			f &^= tcpFlagFIN | tcpFlagPSH
+		}
+		p[l3+header.TCPFlagsOffset] = f
+		t.SetChecksum(0)
+		sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(l4+plen))
+		t.SetChecksum(^checksum.Checksum(p[l3:], sum))
+		n = start + hdr + plen
+	}
+	return n, hdr + mss
+}
+
+// groDispatcher feeds the stack through gVisor's GRO engine, which merges
+// consecutive TCP segments of a flow into one packet before TCP sees it.
+type groDispatcher struct {
+	g gro.GRO
+}
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher: it enqueues pkt
+// into GRO; the caller keeps its reference.
+func (d *groDispatcher) DeliverNetworkPacket(_ tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	d.g.Enqueue(pkt)
+}
+
+// DeliverLinkPacket implements stack.NetworkDispatcher.
+func (d *groDispatcher) DeliverLinkPacket(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	d.g.Dispatcher.DeliverLinkPacket(p, pkt)
+}
+
+// checksumFixer sits between GRO and the stack. GRO updates only the IP
+// length of a merged packet, so its TCP checksum is stale; the endpoint
+// declares no RX checksum offload (nothing on a raw or checksum-0 UDP path
+// verified the inner bytes), so the stack verifies every checksum, and a
+// merged packet needs a correct one. GRO itself verified each segment's
+// checksum before merging it, so recomputing accepts nothing unverified.
+type checksumFixer struct {
+	next stack.NetworkDispatcher
+	// mtu is the inner MTU: a TCP packet larger than it was merged.
+	mtu int
+}
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher.
+func (f *checksumFixer) DeliverNetworkPacket(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	if pkt.Data().Size() > f.mtu {
+		fixMergedChecksum(pkt)
+	}
+	f.next.DeliverNetworkPacket(p, pkt)
+}
+
+// DeliverLinkPacket implements stack.NetworkDispatcher.
+func (f *checksumFixer) DeliverLinkPacket(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	f.next.DeliverLinkPacket(p, pkt)
+}
+
+// fixMergedChecksum recomputes the IPv4 header checksum and the TCP
+// checksum of a packet GRO merged.
+// GRO merges only TCP without IPv4 options or IPv6 extension headers.
+func fixMergedChecksum(pkt *stack.PacketBuffer) {
+	hdr, ok := pkt.Data().PullUp(header.IPv6MinimumSize)
+	if !ok {
+		return
+	}
+	var l3 int
+	var src, dst tcpip.Address
+	switch hdr[0] >> 4 {
+	case 4:
+		h := header.IPv4(hdr)
+		if h.Protocol() != uint8(header.TCPProtocolNumber) {
+			return
+		}
+		l3, src, dst = int(h.HeaderLength()), h.SourceAddress(), h.DestinationAddress()
+	case 6:
+		h := header.IPv6(hdr)
+		if h.NextHeader() != uint8(header.TCPProtocolNumber) {
+			return
+		}
+		l3, src, dst = header.IPv6MinimumSize, h.SourceAddress(), h.DestinationAddress()
+	default:
+		return
+	}
+	b, ok := pkt.Data().PullUp(l3 + header.TCPMinimumSize)
+	if !ok {
+		return
+	}
+	if b[0]>>4 == 4 {
+		// GRO updated the total length but not the header checksum.
+		h := header.IPv4(b[:l3])
+		h.SetChecksum(0)
+		h.SetChecksum(^h.CalculateChecksum())
+	}
+	tcp := header.TCP(b[l3:])
+	tcp.SetChecksum(0)
+	l4 := pkt.Data().Size() - l3
+	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(l4))
+	sum = checksum.Combine(sum, pkt.Data().ChecksumAtOffset(l3))
+	tcp.SetChecksum(^sum)
+}
