@@ -1,0 +1,123 @@
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/ipipstack/ipipstack/config"
+	"github.com/ipipstack/ipipstack/endpoint/encap"
+	"github.com/ipipstack/ipipstack/stack"
+)
+
+// stackConfig maps the tunnels and the stack block of cfg onto a
+// stack.Config. It opens nothing: Tunnel.Capture and Logger are left nil
+// for the caller to fill in.
+func stackConfig(cfg *config.Config) (stack.Config, error) {
+	sc := stack.Config{
+		TCP: stack.TCPOptions{
+			DisableSACK:                  !cfg.Stack.TCPSACK,
+			CongestionControl:            cfg.Stack.TCPCongestion.String(),
+			SendBuffer:                   cfg.Stack.TCPSendBuffer,
+			ReceiveBuffer:                cfg.Stack.TCPReceiveBuffer,
+			DisableModerateReceiveBuffer: !cfg.Stack.TCPModerateReceiveBuffer,
+		},
+		// A TUN device is useless without forwarding: its packets are
+		// addressed to the peers, not to the stack.
+		Forwarding: cfg.Stack.Forwarding || cfg.TUN != nil,
+	}
+	for i := range cfg.Tunnels {
+		t := &cfg.Tunnels[i]
+		st, err := stackTunnel(t)
+		if err != nil {
+			return stack.Config{}, err
+		}
+		sc.Tunnels = append(sc.Tunnels, st)
+	}
+	return sc, nil
+}
+
+func stackTunnel(t *config.Tunnel) (stack.Tunnel, error) {
+	var tr stack.TransportKind
+	switch t.Transport {
+	case config.TransportUDP:
+		tr = stack.UDP
+	case config.TransportRaw:
+		tr = stack.Raw
+	default:
+		return stack.Tunnel{}, fmt.Errorf("daemon: tunnel %q: unknown transport %v", t.Name, t.Transport)
+	}
+	pol, err := policy(t)
+	if err != nil {
+		return stack.Tunnel{}, err
+	}
+	return stack.Tunnel{
+		Name:           t.Name,
+		Transport:      tr,
+		Local:          t.Local,
+		Remote:         t.Remote,
+		Addresses:      clonePrefixes(t.Addresses),
+		Routes:         clonePrefixes(t.Routes),
+		DefaultRoute:   t.DefaultRoute,
+		AllowedSources: t.AllowedSourcePrefixes(),
+		MTU:            t.MTU,
+		PathMTU:        t.PathMTU,
+		Policy:         pol,
+		Roaming:        t.Roaming,
+	}, nil
+}
+
+// policy maps a tunnel's ttl, tos, df and encap_limit onto encap.Policy.
+func policy(t *config.Tunnel) (encap.Policy, error) {
+	var p encap.Policy
+	// config.TTLInherit is 0, which is also encap.Policy's "inherit".
+	p.TTL = uint8(t.TTL)
+	switch {
+	case t.TOS == config.TOSInherit:
+		p.TOSInherit = true
+	case t.TOS >= 0 && t.TOS <= 255:
+		p.TOS = uint8(t.TOS)
+	default:
+		return p, fmt.Errorf("daemon: tunnel %q: tos %d out of range", t.Name, int(t.TOS))
+	}
+	switch t.DF {
+	case config.DFSet:
+		p.DF = encap.DFSet
+	case config.DFInherit:
+		p.DF = encap.DFInherit
+	case config.DFClear:
+		p.DF = encap.DFClear
+	default:
+		return p, fmt.Errorf("daemon: tunnel %q: unknown df policy %v", t.Name, t.DF)
+	}
+	switch {
+	case t.EncapLimit == config.EncapLimitNone:
+	case t.EncapLimit >= 0 && t.EncapLimit <= 255:
+		p.UseEncapLimit = true
+		p.EncapLimit = uint8(t.EncapLimit)
+	default:
+		return p, fmt.Errorf("daemon: tunnel %q: encap_limit %d out of range", t.Name, t.EncapLimit)
+	}
+	return p, nil
+}
+
+// tunMTU is the MTU of the TUN device: the configured one, or the smallest
+// tunnel MTU so that host packets never need fragmenting in the stack.
+func tunMTU(cfg *config.Config) int {
+	if cfg.TUN != nil && cfg.TUN.MTU != 0 {
+		return cfg.TUN.MTU
+	}
+	m := 0
+	for i := range cfg.Tunnels {
+		if e := cfg.Tunnels[i].EffectiveMTU(); m == 0 || e < m {
+			m = e
+		}
+	}
+	return m
+}
+
+func clonePrefixes(p []netip.Prefix) []netip.Prefix {
+	if p == nil {
+		return nil
+	}
+	return append([]netip.Prefix(nil), p...)
+}

@@ -1,0 +1,149 @@
+package daemon
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// The /metrics endpoint is served by client_golang's promhttp from a
+// registry holding one collector, which reads the stack's and the services'
+// counters at scrape time: nothing is cached between scrapes.
+
+// Metric types.
+const (
+	counter = "counter"
+	gauge   = "gauge"
+)
+
+// family is one metric: its name, help text, type and samples.
+type family struct {
+	name, help, typ string
+	samples         []sample
+}
+
+type sample struct {
+	labels []string // name, value, name, value, ...
+	value  string
+}
+
+func (f *family) add(value string, labels ...string) {
+	f.samples = append(f.samples, sample{labels: labels, value: value})
+}
+
+func u64(v uint64) string  { return strconv.FormatUint(v, 10) }
+func i64(v int64) string   { return strconv.FormatInt(v, 10) }
+func f64(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+
+// collect reads every counter of the daemon into metric families.
+func (d *Daemon) collect() []*family {
+	st := d.Status()
+	fam := func(name, typ, help string) *family { return &family{name: name, typ: typ, help: help} }
+
+	build := fam("ipipstack_build_info", gauge, "Build information; the value is always 1.")
+	build.add("1", "version", st.Build.Version, "goversion", st.Build.GoVersion, "gvisor", st.Build.GVisor)
+	start := fam("ipipstack_start_time_seconds", gauge, "Unix time the daemon started.")
+	start.add(f64(float64(st.Started.UnixNano()) / 1e9))
+	draining := fam("ipipstack_draining", gauge, "1 while the daemon is shutting down and draining connections.")
+	draining.add(boolValue(st.Draining))
+
+	info := fam("ipipstack_tunnel_info", gauge, "Tunnel configuration; the value is always 1.")
+	mtu := fam("ipipstack_tunnel_mtu_bytes", gauge, "Inner MTU of the tunnel.")
+	rxp := fam("ipipstack_tunnel_rx_packets_total", counter, "Inner packets received from the peer and delivered to the stack.")
+	rxb := fam("ipipstack_tunnel_rx_bytes_total", counter, "Bytes of inner packets received from the peer.")
+	txp := fam("ipipstack_tunnel_tx_packets_total", counter, "Inner packets sent to the peer.")
+	txb := fam("ipipstack_tunnel_tx_bytes_total", counter, "Bytes of inner packets sent to the peer.")
+	drops := fam("ipipstack_tunnel_drops_total", counter, "Packets dropped by the tunnel, by reason.")
+	seen := fam("ipipstack_tunnel_last_seen_timestamp_seconds", gauge, "Unix time the last outer datagram arrived from the peer; 0 if none has.")
+	for _, t := range st.Tunnels {
+		info.add("1", "tunnel", t.Name, "transport", t.Transport, "local", t.Local, "remote", t.Remote, "peer", t.Peer)
+		mtu.add(u64(uint64(t.MTU)), "tunnel", t.Name)
+		rxp.add(u64(t.RxPackets), "tunnel", t.Name)
+		rxb.add(u64(t.RxBytes), "tunnel", t.Name)
+		txp.add(u64(t.TxPackets), "tunnel", t.Name)
+		txb.add(u64(t.TxBytes), "tunnel", t.Name)
+		for _, r := range reasonNames() {
+			drops.add(u64(t.Drops[r]), "tunnel", t.Name, "reason", r)
+		}
+		ls := "0"
+		if t.LastSeen != nil {
+			ls = f64(float64(t.LastSeen.UnixNano()) / 1e9)
+		}
+		seen.add(ls, "tunnel", t.Name)
+	}
+
+	active := fam("ipipstack_service_active_connections", gauge, "Connections (UDP: sessions) open now.")
+	total := fam("ipipstack_service_connections_total", counter, "Connections accepted (UDP: sessions created).")
+	rejected := fam("ipipstack_service_rejected_total", counter, "Connections (UDP: datagrams) refused because max_connections was reached.")
+	dialFail := fam("ipipstack_service_dial_failures_total", counter, "Dials of the target that failed.")
+	bytes := fam("ipipstack_service_bytes_total", counter, "Payload bytes relayed, by direction (to_target or from_target).")
+	for _, s := range st.Services {
+		l := []string{"service", s.Name, "kind", s.Kind}
+		active.add(i64(s.Active), l...)
+		total.add(u64(s.Total), l...)
+		rejected.add(u64(s.Rejected), l...)
+		dialFail.add(u64(s.DialFailures), l...)
+		bytes.add(u64(s.BytesToTarget), append(l, "direction", "to_target")...)
+		bytes.add(u64(s.BytesFromTarget), append(l, "direction", "from_target")...)
+	}
+
+	out := []*family{build, start, draining, info, mtu, rxp, rxb, txp, txb, drops, seen,
+		active, total, rejected, dialFail, bytes}
+	if st.TUN != nil {
+		up := fam("ipipstack_tun_up", gauge, "1 if the TUN device is up.")
+		up.add(boolValue(st.TUN.Up), "device", st.TUN.Name)
+		out = append(out, up)
+	}
+	return out
+}
+
+func boolValue(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// collector is a prometheus.Collector over Daemon.collect. It is
+// unchecked (Describe sends nothing) because its label sets depend on the
+// configuration.
+type collector struct{ d *Daemon }
+
+// Describe implements prometheus.Collector.
+func (collector) Describe(chan<- *prometheus.Desc) {}
+
+// Collect implements prometheus.Collector.
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	for _, f := range c.d.collect() {
+		vt := prometheus.GaugeValue
+		if f.typ == counter {
+			vt = prometheus.CounterValue
+		}
+		for _, s := range f.samples {
+			names := make([]string, 0, len(s.labels)/2)
+			values := make([]string, 0, len(s.labels)/2)
+			for i := 0; i+1 < len(s.labels); i += 2 {
+				names = append(names, s.labels[i])
+				values = append(values, s.labels[i+1])
+			}
+			v, err := strconv.ParseFloat(s.value, 64)
+			if err != nil {
+				continue
+			}
+			m, err := prometheus.NewConstMetric(prometheus.NewDesc(f.name, f.help, names, nil), vt, v, values...)
+			if err != nil {
+				continue
+			}
+			ch <- m
+		}
+	}
+}
+
+// metricsHandler serves the daemon's metrics in the Prometheus formats.
+func (d *Daemon) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{d})
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}

@@ -1,0 +1,159 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/ipipstack/ipipstack/config"
+	"github.com/ipipstack/ipipstack/service"
+	"github.com/ipipstack/ipipstack/service/forward"
+	"github.com/ipipstack/ipipstack/service/socks5"
+	"github.com/ipipstack/ipipstack/stack"
+)
+
+// server is what the daemon needs of every service: forward.TCP,
+// forward.UDP and socks5.Server all have these methods.
+type server interface {
+	Start(ctx context.Context) error
+	Addr() net.Addr
+	Close() error
+	Shutdown(ctx context.Context) error
+}
+
+var (
+	_ server = (*forward.TCP)(nil)
+	_ server = (*forward.UDP)(nil)
+	_ server = (*socks5.Server)(nil)
+)
+
+// svc is one running service and how to read its counters.
+type svc struct {
+	name, kind, proto string
+	listen, target    string // as configured
+	srv               server
+	stats             func(*ServiceStatus)
+}
+
+// status returns the service's ServiceStatus.
+func (s *svc) status() ServiceStatus {
+	st := ServiceStatus{Name: s.name, Kind: s.kind, Protocol: s.proto, Listen: s.listenAddr(), Target: s.target}
+	s.stats(&st)
+	return st
+}
+
+// listenAddr returns the address the service is bound to: the listener's,
+// which has the port picked for port 0, unless it lost the host part (a
+// wildcard listener inside the stack says ":7").
+func (s *svc) listenAddr() string {
+	a := s.srv.Addr()
+	if a == nil {
+		return s.listen
+	}
+	if str := a.String(); !strings.HasPrefix(str, ":") {
+		return str
+	}
+	return s.listen
+}
+
+// newServices builds, without starting them, the services of cfg: local
+// forwards listen on the host and dial in st, reverse forwards the other
+// way round, and SOCKS5 proxies listen on the host and dial in st.
+func newServices(cfg *config.Config, st *stack.Stack, log *slog.Logger) []*svc {
+	var out []*svc
+	for _, f := range cfg.Forwards {
+		out = append(out, newForward(KindForward, f.Name, f.Protocol, f.Listen.String(), f.Target.String(),
+			f.MaxConnections, f.IdleTimeout, service.Host{}, st, log))
+	}
+	for _, r := range cfg.Reverses {
+		out = append(out, newForward(KindReverse, r.Name, r.Protocol, r.Listen.String(), r.Target.String(),
+			r.MaxConnections, r.IdleTimeout, st, service.Host{}, log))
+	}
+	for _, s := range cfg.SOCKS5 {
+		srv := &socks5.Server{
+			Network:       st,
+			ClientNetwork: service.Host{},
+			Listen:        s.Listen.String(),
+			Username:      s.Username,
+			Password:      s.Password,
+			MaxConns:      maxConns(s.MaxConnections),
+			Logger:        log.With("socks5", s.Name),
+		}
+		out = append(out, &svc{
+			name: s.Name, kind: KindSOCKS5, proto: "tcp", listen: srv.Listen, srv: srv,
+			stats: func(st *ServiceStatus) {
+				x := srv.Stats()
+				st.Active, st.Total, st.Rejected = x.Active, x.Accepted, x.Rejected
+				st.DialFailures = x.ConnectFailures
+				st.BytesToTarget = uint64(x.BytesToTarget) + x.UDPBytesToTarget
+				st.BytesFromTarget = uint64(x.BytesFromTarget) + x.UDPBytesFromTarget
+				st.Counters = map[string]uint64{
+					"handshake_errors":        x.HandshakeErrors,
+					"auth_failures":           x.AuthFailures,
+					"connects":                x.Connects,
+					"connect_failures":        x.ConnectFailures,
+					"udp_associations":        x.UDPAssociations,
+					"udp_packets_to_target":   x.UDPPacketsToTarget,
+					"udp_packets_from_target": x.UDPPacketsFromTarget,
+					"udp_fragments":           x.UDPFragments,
+					"udp_dropped":             x.UDPDropped,
+				}
+			},
+		})
+	}
+	return out
+}
+
+// newForward builds a TCP or UDP forward listening in from and dialing in to.
+func newForward(kind, name string, proto config.Protocol, listen, target string, maxConn int,
+	idle time.Duration, from, to service.Network, log *slog.Logger) *svc {
+	s := &svc{name: name, kind: kind, proto: proto.String(), listen: listen, target: target}
+	flog := log.With("kind", kind)
+	switch proto {
+	case config.UDP:
+		f := &forward.UDP{
+			Name: name, From: from, Listen: listen, To: to, Target: target,
+			MaxSessions: maxConns(maxConn), IdleTimeout: idle, Logger: flog,
+		}
+		s.srv = f
+		s.stats = func(st *ServiceStatus) {
+			x := f.Stats()
+			st.Active, st.Total, st.Rejected, st.DialFailures = x.Sessions, x.SessionsCreated, x.Rejected, x.DialFailures
+			st.BytesToTarget, st.BytesFromTarget = x.BytesToTarget, x.BytesFromTarget
+			st.Counters = map[string]uint64{
+				"sessions_expired":    x.SessionsExpired,
+				"dropped":             x.Dropped,
+				"packets_to_target":   x.PacketsToTarget,
+				"packets_from_target": x.PacketsFromTarget,
+			}
+		}
+	default:
+		if idle > 0 {
+			// TODO(daemon): forward.TCP has no idle timeout yet.
+			flog.Warn("idle_timeout is not supported for TCP forwards yet; connections never time out",
+				"forward", name, "idle_timeout", idle)
+		}
+		f := &forward.TCP{
+			Name: name, From: from, Listen: listen, To: to, Target: target,
+			MaxConns: maxConns(maxConn), Logger: flog,
+		}
+		s.srv = f
+		s.stats = func(st *ServiceStatus) {
+			x := f.Stats()
+			st.Active, st.Total, st.Rejected, st.DialFailures = x.Active, x.Accepted, x.Rejected, x.DialFailures
+			st.BytesToTarget, st.BytesFromTarget = uint64(x.BytesToTarget), uint64(x.BytesFromTarget)
+		}
+	}
+	return s
+}
+
+// maxConns maps max_connections (always ≥ 1 from config) onto the
+// services' MaxConns, where 0 would mean their default.
+func maxConns(n int) int {
+	if n <= 0 {
+		return config.DefaultMaxConnections
+	}
+	return n
+}

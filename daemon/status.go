@@ -1,0 +1,177 @@
+package daemon
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/ipipstack/ipipstack/endpoint/encap"
+	"github.com/ipipstack/ipipstack/internal/buildinfo"
+)
+
+// Status is the daemon's state as served at /status. Its JSON form is a
+// stable interface: fields may be added, never renamed.
+type Status struct {
+	Build buildinfo.Info `json:"build"`
+	// Started is when the daemon came up; Uptime is seconds since then.
+	Started time.Time `json:"started"`
+	Uptime  float64   `json:"uptime_seconds"`
+	// Draining is true once shutdown has begun.
+	Draining bool           `json:"draining"`
+	Tunnels  []TunnelStatus `json:"tunnels"`
+	// Services are the forwards, reverse forwards and SOCKS5 proxies, in
+	// that order and in file order within each kind.
+	Services []ServiceStatus `json:"services"`
+	// TUN is the TUN device, nil if none is configured.
+	TUN *TUNStatus `json:"tun,omitempty"`
+}
+
+// TunnelStatus is one tunnel's configuration and counters.
+type TunnelStatus struct {
+	Name      string   `json:"name"`
+	Transport string   `json:"transport"`
+	Local     string   `json:"local"`  // the outer address actually bound
+	Remote    string   `json:"remote"` // the configured peer
+	Peer      string   `json:"peer"`   // where packets go now (differs from Remote after roaming)
+	Addresses []string `json:"addresses"`
+	MTU       uint32   `json:"mtu"`
+	RxPackets uint64   `json:"rx_packets"`
+	RxBytes   uint64   `json:"rx_bytes"`
+	TxPackets uint64   `json:"tx_packets"`
+	TxBytes   uint64   `json:"tx_bytes"`
+	// Drops counts dropped packets by reason (encap.Reason names); every
+	// reason is present, zero or not.
+	Drops      map[string]uint64 `json:"drops"`
+	DropsTotal uint64            `json:"drops_total"`
+	// LastSeen is when the last outer datagram arrived; nil if none has.
+	LastSeen *time.Time `json:"last_seen,omitempty"`
+}
+
+// Service kinds.
+const (
+	KindForward = "forward" // host listener → address inside the tunnels
+	KindReverse = "reverse" // listener inside the stack → host address
+	KindSOCKS5  = "socks5"
+)
+
+// ServiceStatus is one service's configuration and counters. For UDP
+// forwards a "connection" is a session (one per client address).
+type ServiceStatus struct {
+	Name     string `json:"name"`
+	Kind     string `json:"kind"`     // KindForward, KindReverse or KindSOCKS5
+	Protocol string `json:"protocol"` // "tcp" or "udp"
+	Listen   string `json:"listen"`   // the address actually bound
+	Target   string `json:"target,omitempty"`
+	// Active is the number of connections (or UDP sessions) open now.
+	Active int64 `json:"active"`
+	// Total is the number of connections accepted (or sessions created).
+	Total           uint64 `json:"total"`
+	Rejected        uint64 `json:"rejected"`
+	DialFailures    uint64 `json:"dial_failures"`
+	BytesToTarget   uint64 `json:"bytes_to_target"`
+	BytesFromTarget uint64 `json:"bytes_from_target"`
+	// Counters holds the kind's other counters (for SOCKS5:
+	// handshake_errors, auth_failures, connects, udp_associations, ...).
+	Counters map[string]uint64 `json:"counters,omitempty"`
+}
+
+// TUNStatus is the state of the TUN device.
+type TUNStatus struct {
+	Name string `json:"name"`
+	MTU  int    `json:"mtu"`
+	Up   bool   `json:"up"`
+	// Error says why the device is not up.
+	Error string `json:"error,omitempty"`
+}
+
+// Status returns a snapshot of the daemon's state and counters.
+func (d *Daemon) Status() Status {
+	now := time.Now()
+	s := Status{
+		Build:    d.build,
+		Started:  d.started,
+		Uptime:   now.Sub(d.started).Seconds(),
+		Draining: d.draining.Load(),
+		Tunnels:  []TunnelStatus{},
+		Services: []ServiceStatus{},
+	}
+	for _, ts := range d.st.Stats() {
+		t := TunnelStatus{
+			Name:      ts.Name,
+			Local:     ts.Local.String(),
+			Peer:      ts.Peer.String(),
+			MTU:       ts.MTU,
+			RxPackets: ts.RxPackets,
+			RxBytes:   ts.RxBytes,
+			TxPackets: ts.TxPackets,
+			TxBytes:   ts.TxBytes,
+			Drops:     make(map[string]uint64, encap.NumReasons-1),
+		}
+		if ct := d.tunnelConfig(ts.Name); ct != nil {
+			t.Transport = ct.Transport.String()
+			t.Remote = ct.Remote.String()
+			for _, a := range ct.Addresses {
+				t.Addresses = append(t.Addresses, a.String())
+			}
+		}
+		for r := 1; r < encap.NumReasons; r++ { // 0 is encap.OK
+			t.Drops[encap.Reason(r).String()] = ts.Drops[r]
+			t.DropsTotal += ts.Drops[r]
+		}
+		if !ts.LastSeen.IsZero() {
+			ls := ts.LastSeen
+			t.LastSeen = &ls
+		}
+		s.Tunnels = append(s.Tunnels, t)
+	}
+	for _, sv := range d.services {
+		s.Services = append(s.Services, sv.status())
+	}
+	if d.cfg.TUN != nil {
+		d.mu.Lock()
+		ts := d.tunStatus
+		d.mu.Unlock()
+		s.TUN = &ts
+	}
+	return s
+}
+
+func (d *Daemon) serveStatus(w http.ResponseWriter, r *http.Request) {
+	if !allowRead(w, r) {
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(d.Status())
+}
+
+func (d *Daemon) serveMetrics(w http.ResponseWriter, r *http.Request, metrics http.Handler) {
+	if !allowRead(w, r) {
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	metrics.ServeHTTP(w, r)
+}
+
+func serveIndex(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/" {
+		http.NotFound(w, r)
+		return
+	}
+	if !allowRead(w, r) {
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte("ipipstack status server\n\n/status   JSON state and counters\n/metrics  Prometheus metrics\n"))
+}
+
+func allowRead(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return false
+	}
+	return true
+}

@@ -1,0 +1,230 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ipipstack/ipipstack/config"
+	"github.com/ipipstack/ipipstack/daemon"
+)
+
+var statusCmd = &command{
+	name:    "status",
+	summary: "show the tunnels and services of a running process",
+	usage:   "ipipstack status [-c FILE | --addr HOST:PORT] [--json] [--timeout 5s]",
+	doc: `Fetch /status from the status server of a running ipipstack and print its
+tunnels (outer addresses, MTU, packet and byte counters, drops, when the peer
+was last heard from) and services (open and total connections, bytes).
+
+The server is the status block's listen address of FILE, or --addr, or
+` + config.DefaultStatusListen + ` if neither is given.
+
+Exit status: 0 on success, 1 if the server cannot be reached, 2 on a usage
+error or if FILE is invalid or has no status block.`,
+	flags: `  -c, --config FILE
+        read the status server's address from this configuration file
+  --addr HOST:PORT
+        address of the status server (default ` + config.DefaultStatusListen + `)
+  --json
+        print the JSON document as served instead of tables
+  --timeout DURATION
+        give up on the request after this long (default 5s)
+`,
+	example: `  ipipstack status -c examples/two-peers-a.hcl
+  ipipstack status --addr 127.0.0.1:9101 --json
+`,
+}
+
+func init() { statusCmd.run = runStatus }
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	var (
+		file, addr string
+		asJSON     bool
+		timeout    = 5 * time.Second
+	)
+	fs.StringVar(&file, "c", "", "")
+	fs.StringVar(&file, "config", "", "")
+	fs.StringVar(&addr, "addr", "", "")
+	fs.BoolVar(&asJSON, "json", false, "")
+	fs.DurationVar(&timeout, "timeout", timeout, "")
+	if ok, code := parseFlags(statusCmd, fs, args, stdout, stderr); !ok {
+		return code
+	}
+	if file != "" && addr != "" {
+		return usageError(statusCmd, stderr, "give -c FILE or --addr, not both")
+	}
+	if timeout <= 0 {
+		return usageError(statusCmd, stderr, "--timeout must be positive")
+	}
+	switch {
+	case file != "":
+		cfg, code := loadConfig(file, stderr)
+		if cfg == nil {
+			return code
+		}
+		if !cfg.Status.Enabled() {
+			fmt.Fprintf(stderr, "ipipstack status: %s has no status block, so the daemon serves no status\n", file)
+			return ExitUsage
+		}
+		addr = dialable(cfg.Status.Listen).String()
+	case addr == "":
+		addr = config.DefaultStatusListen
+	default:
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return usageError(statusCmd, stderr, "invalid --addr %q: want HOST:PORT", addr)
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	body, err := fetch(ctx, "http://"+addr+"/status")
+	if err != nil {
+		fmt.Fprintf(stderr, "ipipstack status: %v\n", err)
+		return ExitFailure
+	}
+	if asJSON {
+		stdout.Write(body)
+		return ExitOK
+	}
+	var st daemon.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		fmt.Fprintf(stderr, "ipipstack status: http://%s/status: bad JSON: %v\n", addr, err)
+		return ExitFailure
+	}
+	writeStatus(stdout, &st, time.Now())
+	return ExitOK
+}
+
+// dialable turns a wildcard listen address into the loopback address of
+// its family, which reaches it.
+func dialable(ap netip.AddrPort) netip.AddrPort {
+	switch {
+	case ap.Addr() == netip.IPv4Unspecified():
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), ap.Port())
+	case ap.Addr() == netip.IPv6Unspecified():
+		return netip.AddrPortFrom(netip.IPv6Loopback(), ap.Port())
+	}
+	return ap
+}
+
+func fetch(ctx context.Context, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	// The status server is local; never go through an HTTP proxy.
+	c := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("is ipipstack running with a status block? %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, bytes.TrimSpace(body))
+	}
+	return body, nil
+}
+
+// writeStatus prints st as tables.
+func writeStatus(w io.Writer, st *daemon.Status, now time.Time) {
+	state := "running"
+	if st.Draining {
+		state = "draining"
+	}
+	fmt.Fprintf(w, "ipipstack %s, %s, up %s (go %s, gvisor %s)\n\n", st.Build.Version, state,
+		(time.Duration(st.Uptime * float64(time.Second))).Round(time.Second), st.Build.GoVersion, st.Build.GVisor)
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TUNNEL\tTRANSPORT\tLOCAL\tPEER\tMTU\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tDROPS\tLAST SEEN")
+	for _, t := range st.Tunnels {
+		seen := "never"
+		if t.LastSeen != nil {
+			seen = ago(now.Sub(*t.LastSeen))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%d\t%s\n", t.Name, t.Transport, t.Local, t.Peer, t.MTU,
+			t.RxPackets, size(t.RxBytes), t.TxPackets, size(t.TxBytes), t.DropsTotal, seen)
+	}
+	tw.Flush()
+	for _, t := range st.Tunnels {
+		if t.DropsTotal == 0 {
+			continue
+		}
+		reasons := make([]string, 0, len(t.Drops))
+		for r, n := range t.Drops {
+			if n > 0 {
+				reasons = append(reasons, r+"="+strconv.FormatUint(n, 10))
+			}
+		}
+		sort.Strings(reasons)
+		fmt.Fprintf(w, "  drops on %s: %s\n", t.Name, strings.Join(reasons, " "))
+	}
+
+	if len(st.Services) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERVICE\tKIND\tPROTO\tLISTEN\tTARGET\tACTIVE\tTOTAL\tREJECTED\tTO TARGET\tFROM TARGET")
+		for _, s := range st.Services {
+			target := s.Target
+			if target == "" {
+				target = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", s.Name, s.Kind, s.Protocol, s.Listen, target,
+				s.Active, s.Total, s.Rejected, size(s.BytesToTarget), size(s.BytesFromTarget))
+		}
+		tw.Flush()
+	}
+	if st.TUN != nil {
+		state := "up"
+		if !st.TUN.Up {
+			state = "down"
+			if st.TUN.Error != "" {
+				state += ": " + st.TUN.Error
+			}
+		}
+		fmt.Fprintf(w, "\nTUN %s (mtu %d): %s\n", st.TUN.Name, st.TUN.MTU, state)
+	}
+}
+
+// size formats a byte count with a binary unit.
+func size(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatUint(n, 10) + "B"
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// ago formats a duration in the past.
+func ago(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "just now"
+	case d < time.Second:
+		return d.Round(time.Millisecond).String() + " ago"
+	}
+	return d.Round(time.Second).String() + " ago"
+}
