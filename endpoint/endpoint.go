@@ -487,7 +487,8 @@ func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
 		}
 	}
 	if newPeer {
-		e.remote.Store(&src)
+		peer := src // a copy: taking src's address would move it to the heap on every call
+		e.remote.Store(&peer)
 		e.log.Info("tunnel peer moved", "tunnel", e.name, "from", *remote, "to", src)
 	}
 	netProto := ipv4.ProtocolNumber

@@ -24,15 +24,37 @@ type mmsgBatch struct {
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6
 	oob   []byte
+
+	// The closures handed to RawConn.Read and Write, built once, and the
+	// state they share with recv and send, so that a call allocates
+	// nothing.
+	n, got int
+	errno  syscall.Errno
+	recvFn func(fd uintptr) bool
+	sendFn func(fd uintptr) bool
 }
 
 func newMmsgBatch(n int) *mmsgBatch {
-	return &mmsgBatch{
+	b := &mmsgBatch{
 		hdrs:  make([]unix.Mmsghdr, n),
 		iovs:  make([]unix.Iovec, n*MaxSegments),
 		names: make([]unix.RawSockaddrInet6, n),
 		oob:   make([]byte, n*oobSize),
 	}
+	b.recvFn = func(fd uintptr) bool { return b.call(fd, unix.SYS_RECVMMSG) }
+	b.sendFn = func(fd uintptr) bool { return b.call(fd, unix.SYS_SENDMMSG) }
+	return b
+}
+
+// call makes one recvmmsg or sendmmsg call for the first b.n headers and
+// reports false (wait and retry) on EAGAIN.
+func (b *mmsgBatch) call(fd uintptr, trap uintptr) bool {
+	r, _, e := unix.Syscall6(trap, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(b.n), unix.MSG_DONTWAIT, 0, 0)
+	if e == unix.EAGAIN {
+		return false
+	}
+	b.got, b.errno = int(r), e
+	return true
 }
 
 // sockConn is a non-blocking socket registered with the Go poller.
@@ -62,16 +84,9 @@ func (s *sockConn) recv(b *mmsgBatch, msgs []Message) (int, error) {
 		h.Flags = 0
 		b.hdrs[i].Len = 0
 	}
-	var got int
-	var errno syscall.Errno
-	err := s.rc.Read(func(fd uintptr) bool {
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(n), unix.MSG_DONTWAIT, 0, 0)
-		if e == unix.EAGAIN {
-			return false
-		}
-		got, errno = int(r), e
-		return true
-	})
+	b.n = n
+	err := s.rc.Read(b.recvFn)
+	got, errno := b.got, b.errno
 	if err != nil {
 		return 0, closedErr(err)
 	}
@@ -125,16 +140,9 @@ func (s *sockConn) send(b *mmsgBatch, msgs []Message, withCmsg bool) (int, error
 				}
 			}
 		}
-		var got int
-		var errno syscall.Errno
-		err := s.rc.Write(func(fd uintptr) bool {
-			r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(n), unix.MSG_DONTWAIT, 0, 0)
-			if e == unix.EAGAIN {
-				return false
-			}
-			got, errno = int(r), e
-			return true
-		})
+		b.n = n
+		err := s.rc.Write(b.sendFn)
+		got, errno := b.got, b.errno
 		if err != nil {
 			return sent, closedErr(err)
 		}
