@@ -4,6 +4,7 @@ PKGS     ?= ./...
 BENCHTIME ?= 3s
 COUNT    ?= 6
 FUZZTIME ?= 30s
+BENCH    ?= .
 
 # Debian packages the tests use: tshark opens the pcap captures, ping is
 # the kernel's ping in the TUN test, curl fetches through SOCKS5 and forwards.
@@ -42,9 +43,14 @@ test: deps
 	@echo "== every benchmark once (-benchtime 1x), so a broken benchmark fails the tests"
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./bench/
 
-## bench: the benchmarks, COUNT runs each for benchstat.
+## bench: the benchmarks, COUNT runs each (for benchstat), then a table of
+## medians with the ratios to the baselines (bench/out/TABLE.md) and a chart
+## (bench/out/throughput.svg).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count $(COUNT) ./bench/ | tee bench/out.txt
+	mkdir -p bench/out
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -count $(COUNT) ./bench/ | tee bench/out/bench.txt
+	$(GO) run ./bench/benchtable -in bench/out/bench.txt -md bench/out/TABLE.md -svg bench/out/throughput.svg
+	@cat bench/out/TABLE.md
 
 ## fuzz: each fuzz target for FUZZTIME.
 fuzz:
