@@ -10,7 +10,7 @@ BENCH    ?= .
 # the kernel's ping in the TUN test, curl fetches through SOCKS5 and forwards.
 DEB_TOOLS := tshark:tshark ping:iputils-ping curl:curl ip:iproute2
 
-.PHONY: all build test deps demo bench fuzz lint soak clean
+.PHONY: all build test deps demo bench mem fuzz lint soak clean
 
 all: build
 
@@ -48,9 +48,16 @@ test: deps
 ## (bench/out/throughput.svg).
 bench:
 	mkdir -p bench/out
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -count $(COUNT) ./bench/ | tee bench/out/bench.txt
+	$(GO) test -run '^$$' -bench '$(BENCH)' -skip IdleConnections -benchmem -benchtime $(BENCHTIME) -count $(COUNT) ./bench/ | tee bench/out/bench.txt
+	$(GO) test -run '^$$' -bench IdleConnections -benchtime 1x ./bench/ | tee -a bench/out/bench.txt
 	$(GO) run ./bench/benchtable -in bench/out/bench.txt -md bench/out/TABLE.md -svg bench/out/throughput.svg
 	@cat bench/out/TABLE.md
+
+## mem: resident memory of an idle tunnel process (examples/two-peers-a.hcl).
+mem: build
+	@bin/ipipstack run -c examples/two-peers-a.hcl --log-level error & pid=$$!; \
+	  sleep 3; grep VmRSS /proc/$$pid/status | sed 's/^/idle ipipstack run: /'; \
+	  kill $$pid; wait $$pid
 
 ## fuzz: each fuzz target for FUZZTIME.
 fuzz:
