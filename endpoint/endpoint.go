@@ -124,6 +124,10 @@ type Endpoint struct {
 	offloads Offloads
 	gsoMax   uint32
 	gro      bool
+	// unverified is set, for good, once a datagram arrives that the
+	// kernel did not verify on a transport that verifies most
+	// (Offloads.RXChecksum): from then on the stack checks every checksum.
+	unverified atomic.Bool
 
 	remote  atomic.Pointer[netip.AddrPort]
 	allowed atomic.Pointer[[]netip.Prefix]
@@ -275,10 +279,17 @@ func (*Endpoint) LinkAddress() tcpip.LinkAddress { return "" }
 // SetLinkAddress implements stack.LinkEndpoint.SetLinkAddress.
 func (*Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
-// Capabilities implements stack.LinkEndpoint.Capabilities. None: the stack
-// computes and verifies every checksum, since nothing on a raw or
-// checksum-0 UDP path has verified the inner bytes.
-func (*Endpoint) Capabilities() stack.LinkEndpointCapabilities { return 0 }
+// Capabilities implements stack.LinkEndpoint.Capabilities. RX checksum
+// offload is declared only while every datagram has had its inner bytes
+// verified by the kernel (a non-zero outer UDP checksum, see ListenUDP):
+// nothing verifies them on the raw transport or behind a zero UDP
+// checksum, and there the stack checks every checksum itself.
+func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
+	if e.offloads.RXChecksum && !e.unverified.Load() {
+		return stack.CapabilityRXChecksumOffload
+	}
+	return 0
+}
 
 // ARPHardwareType implements stack.LinkEndpoint.ARPHardwareType.
 func (*Endpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
@@ -386,7 +397,7 @@ func (e *Endpoint) receive(r Receiver) {
 		}
 		var target stack.NetworkDispatcher = d
 		if e.gro {
-			fix.next, fix.mtu = d, int(e.mtu.Load())
+			fix.next, fix.mtu, fix.e = d, int(e.mtu.Load()), e
 			target = &gd
 		}
 		for i := 0; i < n; i++ {
@@ -495,11 +506,23 @@ func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
 	if p.Proto == encap.ProtoIPv6 {
 		netProto = ipv6.ProtocolNumber
 	}
+	if !m.Verified && e.offloads.RXChecksum && !e.unverified.Load() {
+		// Set before this packet reaches the NIC, which asks
+		// Capabilities whether to verify it.
+		if !e.unverified.Swap(true) {
+			e.log.Info("peer sends unverified datagrams (UDP checksum 0); the stack now verifies every inner checksum",
+				"tunnel", e.name, "peer", src)
+		}
+	}
 	// Count before delivering: a reply may leave before delivery returns.
 	e.stats.rxPackets.Add(1)
 	e.stats.rxBytes.Add(uint64(len(inner)))
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(inner)})
 	pkt.NetworkProtocolNumber = netProto
+	// GRO skips verifying what the kernel verified, but only what comes
+	// straight from a transport that says so: a wrapper (an impairment,
+	// say) may have changed the bytes since.
+	pkt.RXChecksumValidated = m.Verified && e.offloads.RXChecksum
 	d.DeliverNetworkPacket(netProto, pkt)
 	pkt.DecRef()
 }

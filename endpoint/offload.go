@@ -19,6 +19,9 @@ type Offloads struct {
 	// GRO: a read Message may hold several datagrams of GSOSize bytes
 	// back to back (UDP_GRO).
 	GRO bool
+	// RXChecksum: read Messages say whether the kernel verified them
+	// (Message.Verified), and most are expected to be.
+	RXChecksum bool
 }
 
 // Offloader is implemented by transports with segmentation offloads.
@@ -170,20 +173,24 @@ func (d *groDispatcher) DeliverLinkPacket(p tcpip.NetworkProtocolNumber, pkt *st
 }
 
 // checksumFixer sits between GRO and the stack. GRO updates only the IP
-// length of a merged packet, so its TCP checksum is stale; the endpoint
-// declares no RX checksum offload (nothing on a raw or checksum-0 UDP path
-// verified the inner bytes), so the stack verifies every checksum, and a
-// merged packet needs a correct one. GRO itself verified each segment's
-// checksum before merging it, so recomputing accepts nothing unverified.
+// length of a merged packet, so its IPv4 header and TCP checksums are
+// stale. Where the endpoint declares no RX checksum offload (nothing on a
+// raw or checksum-0 UDP path verified the inner bytes), the stack verifies
+// every checksum, and a merged packet needs correct ones. Each segment's
+// checksum was verified before GRO merged it (by GRO itself, or by the
+// kernel), so recomputing accepts nothing unverified.
 type checksumFixer struct {
 	next stack.NetworkDispatcher
+	e    *Endpoint
 	// mtu is the inner MTU: a TCP packet larger than it was merged.
 	mtu int
 }
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
 func (f *checksumFixer) DeliverNetworkPacket(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	if pkt.Data().Size() > f.mtu {
+	// With RX checksum offload declared the stack trusts the packet as
+	// it is; otherwise a merged packet needs correct checksums.
+	if pkt.Data().Size() > f.mtu && f.e.Capabilities()&stack.CapabilityRXChecksumOffload == 0 {
 		fixMergedChecksum(pkt)
 	}
 	f.next.DeliverNetworkPacket(p, pkt)

@@ -58,6 +58,10 @@ type Message struct {
 	// Proto is, on read from a FramingRawIPv6 transport, the outer next
 	// header (4 or 41) that the socket receives.
 	Proto uint8
+	// Verified reports, on read, that the kernel checked a checksum that
+	// covers the whole datagram (a non-zero UDP checksum), so that the
+	// inner bytes are as the peer sent them.
+	Verified bool
 	// GSOSize, on write to a transport with Offloads.GSO, asks the kernel
 	// to cut the datagram into datagrams of this size (the last may be
 	// shorter); on read from one with Offloads.GRO, it says the datagram
