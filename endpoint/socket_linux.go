@@ -134,6 +134,19 @@ func (t *sockTransport) Close() error {
 func ListenUDP(local netip.AddrPort, opts SocketOptions) (Transport, error) {
 	v6 := local.Addr().Is6() && !local.Addr().Is4In6()
 	t := &sockTransport{framing: FramingUDP, batch: opts.batch(), txBatch: newMmsgBatch(opts.batch())}
+	if !v6 {
+		// SO_REUSEPORT would let our bind share a port that another
+		// socket of this user holds with SO_REUSEPORT too, and a second
+		// tunnel on our port would silently get nothing. A plain bind
+		// first fails as it should on a port in use, and picks the port
+		// when local has none.
+		probe, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(local))
+		if err != nil {
+			return nil, fmt.Errorf("endpoint: %w", err)
+		}
+		local = netip.AddrPortFrom(local.Addr(), probe.LocalAddr().(*net.UDPAddr).AddrPort().Port())
+		probe.Close()
+	}
 	first, err := listenUDP(local, v6, opts, !v6)
 	if err != nil {
 		return nil, err
