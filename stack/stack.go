@@ -107,6 +107,17 @@ type Tunnel struct {
 	// Capture, if set, receives every inner packet of the tunnel in pcap
 	// format.
 	Capture io.Writer
+	// DisableGSO and DisableGRO turn the segmentation offloads off (see
+	// endpoint.Options); they are on by default. GRO's coalescing is
+	// always off in a forwarding stack, whose packets leave again.
+	DisableGSO, DisableGRO bool
+	// ZeroUDPChecksum sends outer UDP datagrams over IPv4 with checksum 0,
+	// like Linux FOU by default; the peer then verifies every inner
+	// checksum in software, and UDP GSO is off.
+	ZeroUDPChecksum bool
+	// Wrap, if set, wraps the transport the stack opens (or Conn): an
+	// impairment for trying programs over a bad link, say.
+	Wrap func(endpoint.Transport) endpoint.Transport
 	// Conn, if set, is used instead of opening a socket from Transport and
 	// Local: an in-memory or impaired transport for tests and benchmarks.
 	// The stack owns it from New on.
@@ -121,6 +132,9 @@ type Config struct {
 	TCP TCPOptions
 	// Forwarding makes the stack a router between its NICs.
 	Forwarding bool
+	// Routes are further routes, added after the tunnels' own (see
+	// Route and Stack.AddRoute).
+	Routes []Route
 	// Logger receives the stack's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -142,8 +156,9 @@ type TCPOptions struct {
 // Stack is a userspace TCP/IP stack whose NICs are IPIP tunnels. Its
 // methods are safe for concurrent use.
 type Stack struct {
-	gv  *gvstack.Stack
-	log *slog.Logger
+	gv         *gvstack.Stack
+	log        *slog.Logger
+	forwarding bool
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -151,6 +166,15 @@ type Stack struct {
 	links   []gvstack.LinkEndpoint // added by AddLink
 	nextNIC tcpip.NICID
 	closed  bool
+	// linkNICs names the NICs added by AddLink.
+	linkNICs map[string]tcpip.NICID
+
+	// routeMu guards the route table (route.go). It is not held with mu.
+	routeMu sync.Mutex
+	// routes is every route of the stack, in the order added.
+	routes []route
+	// installed is what syncRoutesLocked last gave gVisor.
+	installed []tcpip.Route
 }
 
 type tunnel struct {
@@ -176,7 +200,7 @@ func New(cfg Config) (_ *Stack, err error) {
 		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		HandleLocal:        true,
 	})
-	s := &Stack{gv: gv, log: log}
+	s := &Stack{gv: gv, log: log, forwarding: cfg.Forwarding}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -209,6 +233,11 @@ func New(cfg Config) (_ *Stack, err error) {
 		}
 	}
 	// Any later tunnel's Conn is owned by us too.
+	for _, r := range cfg.Routes {
+		if err := s.AddRoute(r); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -246,7 +275,8 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 	tr := t.Conn
 	if tr == nil {
 		var err error
-		sockOpts := endpoint.SocketOptions{Buffer: t.SocketBuffer, DontFragment: t.Policy.DF != encap.DFClear}
+		sockOpts := endpoint.SocketOptions{Buffer: t.SocketBuffer, DontFragment: t.Policy.DF != encap.DFClear,
+			NoGSO: t.DisableGSO, NoGRO: t.DisableGRO, ZeroChecksum: t.ZeroUDPChecksum}
 		switch t.Transport {
 		case UDP:
 			tr, err = endpoint.ListenUDP(t.Local, sockOpts)
@@ -258,6 +288,9 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 		if err != nil {
 			return fmt.Errorf("stack: tunnel %q: %w", t.Name, err)
 		}
+	}
+	if t.Wrap != nil {
+		tr = t.Wrap(tr)
 	}
 	allowed := t.AllowedSources
 	if allowed == nil && !t.DefaultRoute {
@@ -276,6 +309,8 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 		AllowedSources: allowed,
 		Roaming:        t.Roaming,
 		AnySourcePort:  t.AnySourcePort,
+		DisableGSO:     t.DisableGSO,
+		DisableGRO:     t.DisableGRO || s.forwarding,
 		Logger:         s.log,
 	})
 	if err != nil {
@@ -316,11 +351,11 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 	s.mu.Lock()
 	s.tunnels = append(s.tunnels, tun)
 	s.mu.Unlock()
-	if err := s.addAddresses("tunnel "+t.Name, nic, t.Addresses); err != nil {
+	if err := s.addAddresses("tunnel "+t.Name, t.Name, nic, t.Addresses); err != nil {
 		return err
 	}
 	for _, r := range t.Routes {
-		s.gv.AddRoute(tcpip.Route{Destination: subnet(r.Masked()), NIC: nic})
+		s.addSystemRoute(t.Name, nic, r)
 	}
 	if t.DefaultRoute {
 		has4, has6 := false, false
@@ -328,10 +363,10 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 			has4, has6 = has4 || a.Addr().Is4(), has6 || a.Addr().Is6()
 		}
 		if has4 {
-			s.gv.AddRoute(tcpip.Route{Destination: subnet(netip.MustParsePrefix("0.0.0.0/0")), NIC: nic})
+			s.addSystemRoute(t.Name, nic, netip.MustParsePrefix("0.0.0.0/0"))
 		}
 		if has6 {
-			s.gv.AddRoute(tcpip.Route{Destination: subnet(netip.MustParsePrefix("::/0")), NIC: nic})
+			s.addSystemRoute(t.Name, nic, netip.MustParsePrefix("::/0"))
 		}
 	}
 	s.log.Info("tunnel up", "tunnel", t.Name, "transport", t.Transport.String(), "local", ep.LocalAddr(),
@@ -459,21 +494,26 @@ func (s *Stack) AddLink(name string, ep gvstack.LinkEndpoint, addrs, routes []ne
 	s.nextNIC++
 	nic := s.nextNIC
 	s.links = append(s.links, ep)
+	if s.linkNICs == nil {
+		s.linkNICs = map[string]tcpip.NICID{}
+	}
+	s.linkNICs[name] = nic
 	s.mu.Unlock()
 	if terr := s.gv.CreateNICWithOptions(nic, ep, gvstack.NICOptions{Name: name}); terr != nil {
 		return fmt.Errorf("stack: add link %q: %s", name, terr)
 	}
-	if err := s.addAddresses(name, nic, addrs); err != nil {
+	if err := s.addAddresses(name, name, nic, addrs); err != nil {
 		return err
 	}
 	for _, r := range routes {
-		s.gv.AddRoute(tcpip.Route{Destination: subnet(r.Masked()), NIC: nic})
+		s.addSystemRoute(name, nic, r)
 	}
 	return nil
 }
 
-// addAddresses assigns addrs to nic and adds their on-link routes.
-func (s *Stack) addAddresses(name string, nic tcpip.NICID, addrs []netip.Prefix) error {
+// addAddresses assigns addrs to nic and adds their on-link routes, which
+// point at the tunnel or link named route.
+func (s *Stack) addAddresses(name, route string, nic tcpip.NICID, addrs []netip.Prefix) error {
 	for _, a := range addrs {
 		if !a.IsValid() {
 			return fmt.Errorf("stack: %q: invalid address", name)
@@ -485,7 +525,7 @@ func (s *Stack) addAddresses(name string, nic tcpip.NICID, addrs []netip.Prefix)
 		if terr := s.gv.AddProtocolAddress(nic, pa, gvstack.AddressProperties{}); terr != nil {
 			return fmt.Errorf("stack: %q: address %v: %s", name, a, terr)
 		}
-		s.gv.AddRoute(tcpip.Route{Destination: subnet(a.Masked()), NIC: nic})
+		s.addSystemRoute(route, nic, a)
 	}
 	return nil
 }

@@ -1,0 +1,70 @@
+package stack_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/ipipstack/ipipstack/stack"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// TestOffloads moves data byte-exact in both directions, over inner IPv4
+// and IPv6, with GSO and GRO each on and forced off.
+func TestOffloads(t *testing.T) {
+	size := int64(16 << 20)
+	if testing.Short() {
+		size = 2 << 20
+	}
+	for _, gso := range []bool{false, true} {
+		for _, gro := range []bool{false, true} {
+			t.Run(fmt.Sprintf("gso=%v/gro=%v", gso, gro), func(t *testing.T) {
+				p := newPair(t, "127.0.0.1", func(side int, tun *stack.Tunnel) {
+					tun.DisableGSO, tun.DisableGRO = !gso, !gro
+				})
+				if got := p.a.Endpoint("to-b").GSOMaxSize() != 0; got != gso {
+					t.Errorf("GSOMaxSize set = %v, want %v", got, gso)
+				}
+				transfer(t, p.a, p.b, "10.99.0.2:5001", size)
+				transfer(t, p.b, p.a, "[fd99::1]:5002", size)
+				for _, s := range []*stack.Stack{p.a, p.b} {
+					st := s.Stats()[0]
+					if st.DropTotal() != 0 {
+						t.Errorf("%s dropped %v", st.Name, st.Drops)
+					}
+					if n := s.GVisor().Stats().TCP.ChecksumErrors.Value(); n != 0 {
+						t.Errorf("%s: %d TCP checksum errors", st.Name, n)
+					}
+					if n := s.GVisor().Stats().IP.MalformedPacketsReceived.Value(); n != 0 {
+						t.Errorf("%s: %d malformed IP packets", st.Name, n)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestZeroChecksumPeer has A send its outer datagrams with UDP checksum 0,
+// as Linux FOU does by default: B cannot trust the kernel with the inner
+// bytes, stops declaring RX checksum offload and verifies in software,
+// while A, which receives checksummed datagrams, keeps the offload.
+func TestZeroChecksumPeer(t *testing.T) {
+	p := newPair(t, "127.0.0.1", func(side int, tun *stack.Tunnel) {
+		tun.ZeroUDPChecksum = side == 0
+	})
+	ea, eb := p.a.Endpoint("to-b"), p.b.Endpoint("to-a")
+	const offload = gvstack.CapabilityRXChecksumOffload
+	if ea.Capabilities()&offload == 0 || eb.Capabilities()&offload == 0 {
+		t.Fatal("RX checksum offload not declared before any traffic")
+	}
+	transfer(t, p.a, p.b, "10.99.0.2:5001", 4<<20)
+	transfer(t, p.b, p.a, "10.99.0.1:5002", 4<<20)
+	if eb.Capabilities()&offload != 0 {
+		t.Error("B still declares RX checksum offload after checksum-0 datagrams")
+	}
+	if ea.Capabilities()&offload == 0 {
+		t.Error("A dropped RX checksum offload though B's datagrams carry checksums")
+	}
+	if n := p.b.GVisor().Stats().TCP.ChecksumErrors.Value(); n != 0 {
+		t.Errorf("B: %d TCP checksum errors", n)
+	}
+}
