@@ -79,6 +79,12 @@ func newPair(tb testing.TB, o pairOptions) (a, b *stack.Stack) {
 		tb.Fatalf("unknown transport %q", o.transport)
 	}
 	ta.Remote, tbb.Remote = tbb.Local, ta.Local
+	// IPIPSTACK_BENCH_OFFLOADS=off measures the path without GSO and GRO,
+	// under the same benchmark names, for benchstat comparisons.
+	if os.Getenv("IPIPSTACK_BENCH_OFFLOADS") == "off" {
+		ta.DisableGSO, ta.DisableGRO = true, true
+		tbb.DisableGSO, tbb.DisableGRO = true, true
+	}
 	var err error
 	if a, err = stack.New(stack.Config{Tunnels: []stack.Tunnel{ta}}); err != nil {
 		tb.Fatal(err)
