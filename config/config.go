@@ -257,6 +257,27 @@ type Tunnel struct {
 	// given (relative paths are relative to the daemon's working directory).
 	// "" (the default) disables capture.
 	Capture string
+	// Impair degrades the tunnel's outgoing datagrams on purpose, for tests
+	// and demos. nil (no impair block, the default) sends them unimpaired.
+	Impair *Impair
+}
+
+// Impair is a tunnel's impair block: loss, reordering, duplication,
+// corruption, delay and a rate limit applied to the datagrams this end
+// sends (the daemon wraps the tunnel's transport with endpoint/impair).
+// Every field's zero value disables its impairment.
+type Impair struct {
+	// Loss, Reorder, Duplicate and Corrupt are per-datagram probabilities,
+	// 0..1: drop it, hold it back behind the next one, send it twice,
+	// flip one random bit of it.
+	Loss, Reorder, Duplicate, Corrupt float64
+	// Delay is added to every datagram, varied uniformly by ±Jitter.
+	Delay, Jitter time.Duration
+	// Rate limits the bits per second sent (a token bucket that queues,
+	// then drops); 0 means no limit.
+	Rate int64
+	// Seed seeds the random decisions, so that a run can be repeated.
+	Seed uint64
 }
 
 // Transport is how a tunnel's outer datagrams travel.

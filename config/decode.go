@@ -2,12 +2,15 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
 )
 
 func attrs(names ...string) []hcl.AttributeSchema {
@@ -38,7 +41,10 @@ var (
 		"tcp_moderate_receive_buffer", "forwarding", "reassembly_timeout", "reassembly_memory")}
 	tunnelSchema = &hcl.BodySchema{Attributes: attrs(
 		"transport", "!local", "!remote", "!addresses", "routes", "default_route",
-		"allowed_sources", "mtu", "path_mtu", "ttl", "tos", "df", "encap_limit", "roaming", "capture")}
+		"allowed_sources", "mtu", "path_mtu", "ttl", "tos", "df", "encap_limit", "roaming", "capture"),
+		Blocks: []hcl.BlockHeaderSchema{{Type: "impair"}}}
+	impairSchema = &hcl.BodySchema{Attributes: attrs(
+		"loss", "reorder", "duplicate", "corrupt", "delay", "jitter", "rate", "seed")}
 	forwardSchema = &hcl.BodySchema{Attributes: attrs(
 		"protocol", "!listen", "!target", "idle_timeout", "max_connections")}
 	socks5Schema = &hcl.BodySchema{Attributes: attrs("!listen", "username", "password", "max_connections")}
@@ -296,7 +302,9 @@ func (d *decoder) prefixList(a *hcl.Attribute, canonical bool) ([]netip.Prefix, 
 
 func (d *decoder) decodeTunnel(b *hcl.Block) (Tunnel, tunnelSrc) {
 	errs := d.errorCount()
-	a := d.content(b, tunnelSchema)
+	body, diags := b.Body.Content(tunnelSchema)
+	d.diags = append(d.diags, diags...)
+	a := body.Attributes
 	t := Tunnel{
 		Name:       b.Labels[0],
 		PathMTU:    DefaultPathMTU,
@@ -409,6 +417,15 @@ func (d *decoder) decodeTunnel(b *hcl.Block) (Tunnel, tunnelSrc) {
 				t.Capture = s
 			}
 		}
+	}
+
+	for _, ib := range body.Blocks {
+		if t.Impair != nil {
+			d.errorf(ib.DefRange, nil, "Duplicate impair block",
+				"Only one impair block is allowed in a tunnel; merge it with the first.")
+			continue
+		}
+		t.Impair = d.decodeImpair(ib)
 	}
 
 	// Inner MTU checks that need the outer family, transport and path MTU.
@@ -576,4 +593,123 @@ func (d *decoder) decodeTUN(b *hcl.Block) (*TUN, *tunnelSrc) {
 		}
 	}
 	return t, ts
+}
+
+// decodeImpair decodes a tunnel's impair block.
+func (d *decoder) decodeImpair(b *hcl.Block) *Impair {
+	a := d.content(b, impairSchema)
+	im := &Impair{}
+	for _, f := range []struct {
+		name string
+		dst  *float64
+	}{{"loss", &im.Loss}, {"reorder", &im.Reorder}, {"duplicate", &im.Duplicate}, {"corrupt", &im.Corrupt}} {
+		if v, ok := d.fraction(a[f.name]); ok {
+			*f.dst = v
+		}
+	}
+	if v, ok := d.duration(a["delay"]); ok {
+		im.Delay = v
+	}
+	if v, ok := d.duration(a["jitter"]); ok {
+		im.Jitter = v
+	}
+	if ra := a["rate"]; ra != nil {
+		if s, ok := d.str(ra); ok {
+			r, p := parseRate(s)
+			if p != nil {
+				d.problemAt(p, ra.Expr.Range(), &ra.Range)
+			} else {
+				im.Rate = r
+			}
+		}
+	}
+	if v, ok := d.integer(a["seed"], 0, math.MaxInt32, ""); ok {
+		im.Seed = uint64(v)
+	}
+	if la := a["loss"]; la != nil && im.Loss == 1 {
+		d.report(hcl.DiagWarning, la.Expr.Range(), &la.Range, "Tunnel drops everything",
+			"loss = 1 drops every datagram this end sends; nothing will reach the peer.")
+	}
+	return im
+}
+
+// fraction returns a number in 0..1 (a probability).
+func (d *decoder) fraction(a *hcl.Attribute) (float64, bool) {
+	if a == nil {
+		return 0, false
+	}
+	v, ok := d.value(a.Expr, &a.Range)
+	if !ok {
+		return 0, false
+	}
+	if v.Type() == cty.String && strings.HasSuffix(strings.TrimSpace(v.AsString()), "%") {
+		d.attrError(a, "Invalid probability",
+			"%s is a fraction from 0 to 1, not a percentage: write 0.05 for 5%%, not %q.", a.Name, v.AsString())
+		return 0, false
+	}
+	if v, ok = d.convertTo(a, a.Expr, v, cty.Number, attrWhat(a)); !ok {
+		return 0, false
+	}
+	f, _ := v.AsBigFloat().Float64()
+	if !(f >= 0 && f <= 1) {
+		d.attrError(a, "Value out of range",
+			"%s is a probability and must be between 0 and 1 (0.05 is 5%%), not %s.", a.Name, numberText(v.AsBigFloat()))
+		return 0, false
+	}
+	return f, true
+}
+
+// rateUnits are the units of a rate, in bits per second, as tc writes them.
+var rateUnits = []struct {
+	suffix string
+	mult   float64
+}{{"gbit", 1e9}, {"mbit", 1e6}, {"kbit", 1e3}, {"bit", 1}}
+
+// Bounds of a rate limit, in bits per second.
+const (
+	minRate = 8000 // 1 kB/s
+	maxRate = 1e12
+)
+
+// parseRate parses a rate such as "100Mbit" or "1.5Gbit" (k, M and G are
+// powers of 1000, as in tc).
+func parseRate(s string) (int64, *problem) {
+	low := strings.ToLower(strings.TrimSpace(s))
+	bad := func(why string) *problem {
+		return &problem{"Invalid rate", fmt.Sprintf("%q is not a rate: %s Write a number with a unit of bits per second (bit, kbit, Mbit, Gbit), like \"100Mbit\".", s, why)}
+	}
+	for _, u := range rateUnits {
+		num, ok := strings.CutSuffix(low, u.suffix)
+		if !ok {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			return 0, bad("the number is not valid.")
+		}
+		r := f * u.mult
+		if r < minRate || r > maxRate {
+			return 0, &problem{"Value out of range", fmt.Sprintf("rate must be between 8kbit and 1000Gbit, not %q.", s)}
+		}
+		return int64(r), nil
+	}
+	for _, suf := range []string{"bps", "b/s", "bytes", "b"} {
+		if strings.HasSuffix(low, suf) {
+			return 0, bad("rates are in bits per second, not bytes.")
+		}
+	}
+	return 0, bad("it has no unit.")
+}
+
+// formatRate writes r with the largest unit that keeps it whole.
+func formatRate(r int64) string {
+	for _, u := range []struct {
+		name string
+		mult int64
+	}{{"Gbit", 1e9}, {"Mbit", 1e6}, {"kbit", 1e3}} {
+		if r%u.mult == 0 {
+			return strconv.FormatInt(r/u.mult, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(r, 10) + "bit"
 }

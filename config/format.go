@@ -74,6 +74,23 @@ func (c *Config) HCL() []byte {
 		if t.Capture != "" {
 			b.SetAttributeValue("capture", cty.StringVal(t.Capture))
 		}
+		if im := t.Impair; im != nil {
+			ib := b.AppendNewBlock("impair", nil).Body()
+			ib.SetAttributeValue("loss", cty.NumberFloatVal(im.Loss))
+			ib.SetAttributeValue("reorder", cty.NumberFloatVal(im.Reorder))
+			ib.SetAttributeValue("duplicate", cty.NumberFloatVal(im.Duplicate))
+			ib.SetAttributeValue("corrupt", cty.NumberFloatVal(im.Corrupt))
+			if im.Delay != 0 {
+				ib.SetAttributeValue("delay", dur(im.Delay))
+			}
+			if im.Jitter != 0 {
+				ib.SetAttributeValue("jitter", dur(im.Jitter))
+			}
+			if im.Rate != 0 {
+				ib.SetAttributeValue("rate", cty.StringVal(formatRate(im.Rate)))
+			}
+			ib.SetAttributeValue("seed", cty.NumberUIntVal(im.Seed))
+		}
 	}
 	for _, fw := range c.Forwards {
 		root.AppendNewline()

@@ -5,7 +5,9 @@ import (
 	"net/netip"
 
 	"github.com/ipipstack/ipipstack/config"
+	"github.com/ipipstack/ipipstack/endpoint"
 	"github.com/ipipstack/ipipstack/endpoint/encap"
+	"github.com/ipipstack/ipipstack/endpoint/impair"
 	"github.com/ipipstack/ipipstack/stack"
 )
 
@@ -50,7 +52,17 @@ func stackTunnel(t *config.Tunnel) (stack.Tunnel, error) {
 	if err != nil {
 		return stack.Tunnel{}, err
 	}
+	var wrap func(endpoint.Transport) endpoint.Transport
+	if im := t.Impair; im != nil {
+		opts := impair.Options{Loss: im.Loss, Reorder: im.Reorder, Duplicate: im.Duplicate,
+			Corrupt: im.Corrupt, Delay: im.Delay, Jitter: im.Jitter, Rate: im.Rate, Seed: im.Seed}
+		if err := opts.Validate(); err != nil {
+			return stack.Tunnel{}, fmt.Errorf("daemon: tunnel %q: impair: %w", t.Name, err)
+		}
+		wrap = func(tr endpoint.Transport) endpoint.Transport { return impair.Wrap(tr, opts) }
+	}
 	return stack.Tunnel{
+		Wrap:           wrap,
 		Name:           t.Name,
 		Transport:      tr,
 		Local:          t.Local,

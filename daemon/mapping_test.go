@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"github.com/ipipstack/ipipstack/endpoint/endpointtest"
+	"github.com/ipipstack/ipipstack/endpoint/impair"
 	"net/netip"
 	"strings"
 	"testing"
@@ -244,5 +246,48 @@ tun {
 	cfg.TUN.MTU = 1280
 	if got := tunMTU(cfg); got != 1280 {
 		t.Errorf("tunMTU(1280) = %d, want 1280", got)
+	}
+}
+
+func TestStackConfigImpair(t *testing.T) {
+	cfg := parse(t, `
+tunnel "t" {
+  local     = "127.0.0.1:4700"
+  remote    = "127.0.0.1:4701"
+  addresses = ["10.99.0.1/30"]
+  impair {
+    loss = 0.05
+    delay = "2ms"
+  }
+}
+`)
+	sc, err := stackConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrap := sc.Tunnels[0].Wrap
+	if wrap == nil {
+		t.Fatal("an impair block gave no Wrap")
+	}
+	a, b := endpointtest.Pipe(netip.MustParseAddrPort("192.0.2.1:1"), netip.MustParseAddrPort("192.0.2.2:1"), 0)
+	defer b.Close()
+	w := wrap(a)
+	defer w.Close()
+	c, ok := w.(*impair.Conn)
+	if !ok {
+		t.Fatalf("Wrap returned %T, want *impair.Conn", w)
+	}
+	if c.Inner() != a {
+		t.Error("the impairment does not wrap the tunnel's transport")
+	}
+	cfg = parse(t, `
+tunnel "t" {
+  local     = "127.0.0.1:4700"
+  remote    = "127.0.0.1:4701"
+  addresses = ["10.99.0.1/30"]
+}
+`)
+	if sc, _ := stackConfig(cfg); sc.Tunnels[0].Wrap != nil {
+		t.Error("Wrap set without an impair block")
 	}
 }
