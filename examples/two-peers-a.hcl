@@ -1,9 +1,13 @@
 # Peer A of the two-peer demo: two ipipstack processes on one host, joined
 # by a UDP tunnel over loopback. Run one ipipstack daemon with this file and
-# another with two-peers-b.hcl; then, on the host:
+# another with two-peers-b.hcl:
+#   ipipstack run -c examples/two-peers-b.hcl &
+#   ipipstack run -c examples/two-peers-a.hcl &
+# then, on the host:
 #   curl http://127.0.0.1:8080/                   # forward "web" -> B's reverse "web" -> 127.0.0.1:8000
 #   echo hi | nc -u -w1 127.0.0.1 7000            # forward "echo" (UDP) -> B's reverse "echo"
 #   curl --socks5 127.0.0.1:1080 http://10.99.0.2/  # any address inside the tunnel, via SOCKS5
+#   ipipstack status -c examples/two-peers-a.hcl    # counters; SIGTERM (kill %2) drains and stops
 
 log {
   level  = "info" # debug | info | warn | error
