@@ -130,20 +130,18 @@ func newForward(kind, name string, proto config.Protocol, listen, target string,
 			}
 		}
 	default:
-		if idle > 0 {
-			// TODO(daemon): forward.TCP has no idle timeout yet.
-			flog.Warn("idle_timeout is not supported for TCP forwards yet; connections never time out",
-				"forward", name, "idle_timeout", idle)
-		}
 		f := &forward.TCP{
 			Name: name, From: from, Listen: listen, To: to, Target: target,
-			MaxConns: maxConns(maxConn), Logger: flog,
+			MaxConns: maxConns(maxConn), IdleTimeout: idle, Logger: flog,
 		}
 		s.srv = f
 		s.stats = func(st *ServiceStatus) {
 			x := f.Stats()
 			st.Active, st.Total, st.Rejected, st.DialFailures = x.Active, x.Accepted, x.Rejected, x.DialFailures
 			st.BytesToTarget, st.BytesFromTarget = uint64(x.BytesToTarget), uint64(x.BytesFromTarget)
+			if idle > 0 {
+				st.Counters = map[string]uint64{"idle_closed": x.IdleClosed}
+			}
 		}
 	}
 	return s

@@ -69,11 +69,14 @@ type TCP struct {
 	MaxConns int
 	// DialTimeout bounds each dial of Target. Zero means DefaultDialTimeout.
 	DialTimeout time.Duration
+	// IdleTimeout closes a connection on which nothing was read in either
+	// direction for this long. Zero means never.
+	IdleTimeout time.Duration
 	// Logger receives connection errors at Debug and accept errors at
 	// Warn. Nil discards them.
 	Logger *slog.Logger
 
-	accepted, rejected, dialFailures atomic.Uint64
+	accepted, rejected, dialFailures, idleClosed atomic.Uint64
 	active                           atomic.Int64
 	bytesToTarget, bytesFromTarget   atomic.Int64
 
@@ -100,6 +103,7 @@ type TCPStats struct {
 	DialFailures    uint64 // dials of Target that failed
 	BytesToTarget   int64  // bytes copied from accepted connections to Target
 	BytesFromTarget int64  // bytes copied from Target back to accepted connections
+	IdleClosed      uint64 // connections closed after IdleTimeout without traffic
 }
 
 // Start binds Listen on From and serves in background goroutines. A bind
@@ -161,6 +165,7 @@ func (f *TCP) Stats() TCPStats {
 		DialFailures:    f.dialFailures.Load(),
 		BytesToTarget:   f.bytesToTarget.Load(),
 		BytesFromTarget: f.bytesFromTarget.Load(),
+		IdleClosed:      f.idleClosed.Load(),
 	}
 }
 
@@ -318,10 +323,62 @@ func (f *TCP) serve(c net.Conn) {
 		return
 	}
 	defer f.untrack(up)
+	if f.IdleTimeout > 0 {
+		var last atomic.Int64
+		last.Store(time.Now().UnixNano())
+		done := make(chan struct{})
+		defer close(done)
+		go f.watchIdle(&last, done, c, up)
+		c, up = activityConn{c, &last}, activityConn{up, &last}
+	}
 	err = service.RelayCount(c, up, &f.bytesToTarget, &f.bytesFromTarget)
 	if err != nil {
 		f.log.Debug("relay ended", "client", c.RemoteAddr(), "err", err)
 	}
+}
+
+// watchIdle closes a and b once nothing was read from either for
+// IdleTimeout, and returns when done is closed.
+func (f *TCP) watchIdle(last *atomic.Int64, done <-chan struct{}, a, b net.Conn) {
+	tick := time.NewTicker(max(f.IdleTimeout/4, time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-tick.C:
+			if now.Sub(time.Unix(0, last.Load())) >= f.IdleTimeout {
+				f.idleClosed.Add(1)
+				f.log.Debug("connection idle, closing", "client", a.RemoteAddr(), "idle_timeout", f.IdleTimeout)
+				a.Close()
+				b.Close()
+				return
+			}
+		}
+	}
+}
+
+// activityConn records when it last read anything.
+type activityConn struct {
+	net.Conn
+	last *atomic.Int64
+}
+
+func (a activityConn) Read(p []byte) (int, error) {
+	n, err := a.Conn.Read(p)
+	if n > 0 {
+		a.last.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// CloseWrite passes a half-close on, so that Relay sees the same
+// capabilities as on the conn inside.
+func (a activityConn) CloseWrite() error {
+	if cw, ok := a.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return a.Conn.Close()
 }
 
 func orHost(n service.Network) service.Network {

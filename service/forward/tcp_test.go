@@ -305,3 +305,38 @@ func TestTCPShutdown(t *testing.T) {
 		checkNoLeaks(t)
 	})
 }
+
+func TestTCPIdleTimeout(t *testing.T) {
+	ln := listenTCP(t)
+	serveTCP(t, ln, func(c net.Conn) { io.Copy(c, c) })
+	f := startTCP(t, ln.Addr().String(), func(f *TCP) { f.IdleTimeout = 300 * time.Millisecond })
+	echo := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		defer c.SetDeadline(time.Time{})
+		if _, err := c.Write([]byte("x")); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(c, make([]byte, 1))
+		return err
+	}
+	busy, idle := dial(t, f.Addr()), dial(t, f.Addr())
+	if err := echo(busy); err != nil {
+		t.Fatal(err)
+	}
+	if err := echo(idle); err != nil {
+		t.Fatal(err)
+	}
+	// busy talks every 50 ms for a second; idle says nothing.
+	for i := 0; i < 20; i++ {
+		time.Sleep(50 * time.Millisecond)
+		if err := echo(busy); err != nil {
+			t.Fatalf("a connection with traffic was closed after %v: %v", time.Duration(i)*50*time.Millisecond, err)
+		}
+	}
+	if got, err := readAllTimeout(t, idle, 5*time.Second); len(got) != 0 || (err != nil && !isReset(err)) {
+		t.Errorf("idle connection: read = %q, %v; want EOF", got, err)
+	}
+	if st := f.Stats(); st.IdleClosed != 1 {
+		t.Errorf("Stats().IdleClosed = %d, want 1", st.IdleClosed)
+	}
+}
