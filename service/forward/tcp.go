@@ -77,8 +77,8 @@ type TCP struct {
 	Logger *slog.Logger
 
 	accepted, rejected, dialFailures, idleClosed atomic.Uint64
-	active                           atomic.Int64
-	bytesToTarget, bytesFromTarget   atomic.Int64
+	active                                       atomic.Int64
+	bytesToTarget, bytesFromTarget               atomic.Int64
 
 	// ctx is cancelled by a forced close; it parents every dial.
 	ctx    context.Context
