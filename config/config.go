@@ -253,6 +253,11 @@ type Tunnel struct {
 	// Roaming accepts the peer from a new outer address (and port) and
 	// sends to wherever it was last heard from. Default false.
 	Roaming bool
+	// AnySourcePort accepts UDP datagrams from the peer's address whatever
+	// their source port, as Linux FOU with encap-sport auto sends them
+	// (one port per flow); replies still go to the remote port. UDP only.
+	// Default false.
+	AnySourcePort bool
 	// Capture is the path of a pcap file receiving the inner packets, as
 	// given (relative paths are relative to the daemon's working directory).
 	// "" (the default) disables capture.

@@ -41,7 +41,7 @@ var (
 		"tcp_moderate_receive_buffer", "forwarding", "reassembly_timeout", "reassembly_memory")}
 	tunnelSchema = &hcl.BodySchema{Attributes: attrs(
 		"transport", "!local", "!remote", "!addresses", "routes", "default_route",
-		"allowed_sources", "mtu", "path_mtu", "ttl", "tos", "df", "encap_limit", "roaming", "capture"),
+		"allowed_sources", "mtu", "path_mtu", "ttl", "tos", "df", "encap_limit", "roaming", "any_source_port", "capture"),
 		Blocks: []hcl.BlockHeaderSchema{{Type: "impair"}}}
 	impairSchema = &hcl.BodySchema{Attributes: attrs(
 		"loss", "reorder", "duplicate", "corrupt", "delay", "jitter", "rate", "seed")}
@@ -408,6 +408,15 @@ func (d *decoder) decodeTunnel(b *hcl.Block) (Tunnel, tunnelSrc) {
 	}
 	if v, ok := d.boolean(a["roaming"]); ok {
 		t.Roaming = v
+	}
+	if aa := a["any_source_port"]; aa != nil {
+		if v, ok := d.boolean(aa); ok {
+			if v && outerOK && t.Transport != TransportUDP {
+				d.attrError(aa, "any_source_port not applicable",
+					"any_source_port accepts UDP datagrams from the peer's address on any source port (Linux FOU with encap-sport auto); it applies only to transport = \"udp\".")
+			}
+			t.AnySourcePort = v
+		}
 	}
 	if ca := a["capture"]; ca != nil {
 		if s, ok := d.str(ca); ok {

@@ -71,6 +71,7 @@ func (c *Config) HCL() []byte {
 			b.SetAttributeValue("encap_limit", numOrWord(t.EncapLimit, t.EncapLimit == EncapLimitNone, "none"))
 		}
 		b.SetAttributeValue("roaming", cty.BoolVal(t.Roaming))
+		b.SetAttributeValue("any_source_port", cty.BoolVal(t.AnySourcePort))
 		if t.Capture != "" {
 			b.SetAttributeValue("capture", cty.StringVal(t.Capture))
 		}

@@ -75,6 +75,7 @@ func stackTunnel(t *config.Tunnel) (stack.Tunnel, error) {
 		PathMTU:        t.PathMTU,
 		Policy:         pol,
 		Roaming:        t.Roaming,
+		AnySourcePort:  t.AnySourcePort,
 	}, nil
 }
 
