@@ -236,37 +236,15 @@ func (s *Stack) Listen(network, address string) (net.Listener, error) {
 	if err := checkNetwork("listen", network, "tcp", "tcp4", "tcp6"); err != nil {
 		return nil, err
 	}
-	opErr := func(err error) error {
-		return &net.OpError{Op: "listen", Net: network, Addr: strAddr{network, address}, Err: err}
-	}
-	if s.isClosed() {
-		return nil, opErr(ErrClosed)
-	}
-	laddr, proto, err := parseAddr(network, address)
+	wq, ep, err := s.bind(tcp.ProtocolNumber, network, address)
 	if err != nil {
-		return nil, opErr(err)
-	}
-	dual := network == "tcp" && laddr.Addr().IsUnspecified()
-	if dual {
-		proto = ipv6.ProtocolNumber
-	}
-	var wq waiter.Queue
-	ep, terr := s.gv.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
-	if terr != nil {
-		return nil, opErr(translate("socket", terr))
-	}
-	if dual {
-		ep.SocketOptions().SetV6Only(false)
-	}
-	if terr := ep.Bind(fullAddr(laddr)); terr != nil {
-		ep.Close()
-		return nil, opErr(translate("bind", terr))
+		return nil, err
 	}
 	if terr := ep.Listen(1024); terr != nil {
 		ep.Close()
-		return nil, opErr(translate("listen", terr))
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: strAddr{network, address}, Err: translate("listen", terr)}
 	}
-	return gonet.NewTCPListener(s.gv, &wq, ep), nil
+	return gonet.NewTCPListener(s.gv, wq, ep), nil
 }
 
 // ListenPacket announces on address inside the stack for network "udp",
@@ -275,33 +253,44 @@ func (s *Stack) ListenPacket(network, address string) (net.PacketConn, error) {
 	if err := checkNetwork("listen", network, "udp", "udp4", "udp6"); err != nil {
 		return nil, err
 	}
+	wq, ep, err := s.bind(udp.ProtocolNumber, network, address)
+	if err != nil {
+		return nil, err
+	}
+	return gonet.NewUDPConn(wq, ep), nil
+}
+
+// bind makes a transport endpoint bound to address for Listen and
+// ListenPacket. "tcp" or "udp" with an empty host binds a dual-stack IPv6
+// endpoint, which accepts IPv4 too, as the net package does.
+func (s *Stack) bind(transport tcpip.TransportProtocolNumber, network, address string) (*waiter.Queue, tcpip.Endpoint, error) {
 	opErr := func(err error) error {
 		return &net.OpError{Op: "listen", Net: network, Addr: strAddr{network, address}, Err: err}
 	}
 	if s.isClosed() {
-		return nil, opErr(ErrClosed)
+		return nil, nil, opErr(ErrClosed)
 	}
 	laddr, proto, err := parseAddr(network, address)
 	if err != nil {
-		return nil, opErr(err)
+		return nil, nil, opErr(err)
 	}
-	dual := network == "udp" && laddr.Addr().IsUnspecified()
+	dual := (network == "tcp" || network == "udp") && laddr.Addr().IsUnspecified()
 	if dual {
 		proto = ipv6.ProtocolNumber
 	}
-	var wq waiter.Queue
-	ep, terr := s.gv.NewEndpoint(udp.ProtocolNumber, proto, &wq)
+	wq := new(waiter.Queue)
+	ep, terr := s.gv.NewEndpoint(transport, proto, wq)
 	if terr != nil {
-		return nil, opErr(translate("socket", terr))
+		return nil, nil, opErr(translate("socket", terr))
 	}
 	if dual {
 		ep.SocketOptions().SetV6Only(false)
 	}
 	if terr := ep.Bind(fullAddr(laddr)); terr != nil {
 		ep.Close()
-		return nil, opErr(translate("bind", terr))
+		return nil, nil, opErr(translate("bind", terr))
 	}
-	return gonet.NewUDPConn(&wq, ep), nil
+	return wq, ep, nil
 }
 
 // strAddr is a net.Addr for an address as the caller wrote it.

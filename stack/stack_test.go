@@ -440,3 +440,58 @@ func TestCloseLeavesNothing(t *testing.T) {
 	_ = os.Stderr
 	_ = encap.OK
 }
+
+// TestListenDualStack checks that "tcp" and "udp" with an empty host
+// accept IPv4 and IPv6 both, as the net package's listeners do.
+func TestListenDualStack(t *testing.T) {
+	p := newPair(t, "127.0.0.1", nil)
+	ln, err := p.b.Listen("tcp", ":5050")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.Copy(c, c)
+			c.Close()
+		}
+	}()
+	pc, err := p.b.ListenPacket("udp", ":5051")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 100)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	for _, host := range []string{"10.99.0.2", "fd99::2"} {
+		for _, network := range []string{"tcp", "udp"} {
+			port := map[string]string{"tcp": "5050", "udp": "5051"}[network]
+			c, err := p.a.Dial(network, net.JoinHostPort(host, port))
+			if err != nil {
+				t.Fatalf("%s to %s: %v", network, host, err)
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			msg := []byte("dual " + network + " " + host)
+			buf := make([]byte, len(msg))
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil || !bytes.Equal(buf, msg) {
+				t.Errorf("%s echo via %s = %q, %v", network, host, buf, err)
+			}
+			c.Close()
+		}
+	}
+}
