@@ -67,6 +67,10 @@ fuzz:
 	  done; \
 	done
 
+## soak: two stacks over an impaired loopback tunnel for 10 minutes (not in CI).
+soak:
+	$(GO) run ./soak -duration 10m
+
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
 	$(GO) vet $(PKGS)

@@ -85,6 +85,14 @@ type Options struct {
 	// packets from elsewhere are dropped as SpoofedSource. Nil accepts any
 	// source that is not martian.
 	AllowedSources []netip.Prefix
+	// MaxNesting is how many tunnel headers addressed back to this
+	// endpoint (IP-in-IP, or FOU to its own UDP port, whose destination is
+	// its outer address; see encap.NestingDepth) an inner packet may carry
+	// inside it; packets nesting more are dropped as Recursion. 0 means
+	// encap.DefaultMaxNesting (4); a negative value allows none. An inner
+	// packet that is itself addressed to the outer address is always
+	// dropped.
+	MaxNesting int
 	// Roaming lets the peer's outer address change: a valid packet from a
 	// new address makes it the destination of what we send. Off, such
 	// packets are dropped as WrongPeer.
@@ -115,6 +123,8 @@ type Endpoint struct {
 	enc           *encap.Encoder
 	pol           encap.Policy
 	local         netip.Addr
+	localPort     uint16 // the UDP port of FOU headers that nest back to us; 0 for raw
+	maxNesting    int
 	roaming       bool
 	anySourcePort bool
 	batch         int
@@ -189,11 +199,21 @@ func New(opts Options) (*Endpoint, error) {
 		local:         local,
 		roaming:       opts.Roaming,
 		anySourcePort: opts.AnySourcePort,
+		maxNesting:    opts.MaxNesting,
 		batch:         opts.BatchSize,
 		log:           opts.Logger,
 	}
 	if e.batch <= 0 {
 		e.batch = 64
+	}
+	switch {
+	case e.maxNesting == 0:
+		e.maxNesting = encap.DefaultMaxNesting
+	case e.maxNesting < 0:
+		e.maxNesting = 0
+	}
+	if framing == FramingUDP {
+		e.localPort = opts.Transport.LocalAddr().Port()
 	}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
@@ -479,7 +499,7 @@ func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
 		e.stats.drop(encap.Martian)
 		return
 	}
-	if p.Dst == e.local {
+	if p.Dst == e.local || encap.NestingDepth(inner, e.isOurs, e.localPort, e.maxNesting) > e.maxNesting {
 		e.stats.drop(encap.Recursion)
 		return
 	}
@@ -525,6 +545,13 @@ func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
 	pkt.RXChecksumValidated = m.Verified && e.offloads.RXChecksum
 	d.DeliverNetworkPacket(netProto, pkt)
 	pkt.DecRef()
+}
+
+// isOurs reports whether a nested tunnel header's destination a is this
+// endpoint's outer address. Bound to the wildcard address, the transport
+// receives on every local address; of those only loopback is known here.
+func (e *Endpoint) isOurs(a netip.Addr) bool {
+	return a == e.local || e.local.IsUnspecified() && a.IsLoopback()
 }
 
 func contains(ps []netip.Prefix, a netip.Addr) bool {
