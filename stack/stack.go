@@ -115,6 +115,11 @@ type Tunnel struct {
 	// like Linux FOU by default; the peer then verifies every inner
 	// checksum in software, and UDP GSO is off.
 	ZeroUDPChecksum bool
+	// MaxNesting is how many inner tunnel headers addressed back to this
+	// tunnel's outer address an inner packet may carry; deeper nesting is
+	// dropped as recursion. 0 means 4, negative none (see
+	// endpoint.Options.MaxNesting).
+	MaxNesting int
 	// Wrap, if set, wraps the transport the stack opens (or Conn): an
 	// impairment for trying programs over a bad link, say.
 	Wrap func(endpoint.Transport) endpoint.Transport
@@ -309,6 +314,7 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 		AllowedSources: allowed,
 		Roaming:        t.Roaming,
 		AnySourcePort:  t.AnySourcePort,
+		MaxNesting:     t.MaxNesting,
 		DisableGSO:     t.DisableGSO,
 		DisableGRO:     t.DisableGRO || s.forwarding,
 		Logger:         s.log,
