@@ -43,6 +43,7 @@ import (
 const (
 	DefaultStatusListen       = "127.0.0.1:9100"
 	DefaultPathMTU            = 1500
+	DefaultTCPMinRTO          = 20 * time.Millisecond
 	DefaultEncapLimit         = 4 // RFC 2473 section 6.7 recommends 4; Linux ip6tnl uses it too.
 	DefaultMaxConnections     = 1024
 	DefaultUDPIdleTimeout     = 60 * time.Second
@@ -176,6 +177,10 @@ type Stack struct {
 	// TCPModerateReceiveBuffer enables receive buffer auto-tuning, like
 	// Linux net.ipv4.tcp_moderate_rcvbuf. Default true.
 	TCPModerateReceiveBuffer bool
+	// TCPMinRTO is the lowest TCP retransmission timeout. Default
+	// DefaultTCPMinRTO (20ms): gVisor's own 200ms floor makes TCP crawl
+	// after losses on the short paths tunnels often are.
+	TCPMinRTO time.Duration
 	// Forwarding makes the stack route packets between its tunnels (and the
 	// TUN device) instead of dropping packets not addressed to it. Default
 	// false.

@@ -44,6 +44,7 @@ func TestLoadTwoPeersA(t *testing.T) {
 			TCPSACK:                  true,
 			TCPCongestion:            CongestionReno,
 			TCPModerateReceiveBuffer: true,
+			TCPMinRTO:                DefaultTCPMinRTO,
 			ReassemblyTimeout:        30 * time.Second,
 			ReassemblyMemory:         4 << 20,
 		},
@@ -140,6 +141,7 @@ func TestDefaults(t *testing.T) {
 		Stack: Stack{
 			TCPSACK:                  true,
 			TCPModerateReceiveBuffer: true,
+			TCPMinRTO:                DefaultTCPMinRTO,
 			ReassemblyTimeout:        DefaultReassemblyTimeout,
 			ReassemblyMemory:         DefaultReassemblyMemory,
 		},

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -38,7 +39,7 @@ var (
 	statusSchema = &hcl.BodySchema{Attributes: attrs("listen")}
 	stackSchema  = &hcl.BodySchema{Attributes: attrs(
 		"tcp_sack", "tcp_congestion", "tcp_send_buffer", "tcp_receive_buffer",
-		"tcp_moderate_receive_buffer", "forwarding", "reassembly_timeout", "reassembly_memory")}
+		"tcp_moderate_receive_buffer", "tcp_min_rto", "forwarding", "reassembly_timeout", "reassembly_memory")}
 	tunnelSchema = &hcl.BodySchema{Attributes: attrs(
 		"transport", "!local", "!remote", "!addresses", "routes", "default_route",
 		"allowed_sources", "mtu", "path_mtu", "ttl", "tos", "df", "encap_limit", "roaming", "any_source_port", "capture"),
@@ -206,6 +207,7 @@ func (d *decoder) decodeStack(b *hcl.Block) Stack {
 	s := Stack{
 		TCPSACK:                  true,
 		TCPModerateReceiveBuffer: true,
+		TCPMinRTO:                DefaultTCPMinRTO,
 		ReassemblyTimeout:        DefaultReassemblyTimeout,
 		ReassemblyMemory:         DefaultReassemblyMemory,
 	}
@@ -228,6 +230,13 @@ func (d *decoder) decodeStack(b *hcl.Block) Stack {
 	}
 	if v, ok := d.boolean(a["tcp_moderate_receive_buffer"]); ok {
 		s.TCPModerateReceiveBuffer = v
+	}
+	if v, ok := d.duration(a["tcp_min_rto"]); ok {
+		if v < time.Millisecond || v > time.Minute {
+			d.attrError(a["tcp_min_rto"], "Value out of range", "tcp_min_rto must be between 1ms and 1m, not %v.", v)
+		} else {
+			s.TCPMinRTO = v
+		}
 	}
 	if v, ok := d.boolean(a["forwarding"]); ok {
 		s.Forwarding = v

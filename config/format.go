@@ -38,6 +38,7 @@ func (c *Config) HCL() []byte {
 		b.SetAttributeValue("tcp_receive_buffer", num(s.TCPReceiveBuffer))
 	}
 	b.SetAttributeValue("tcp_moderate_receive_buffer", cty.BoolVal(s.TCPModerateReceiveBuffer))
+	b.SetAttributeValue("tcp_min_rto", dur(s.TCPMinRTO))
 	b.SetAttributeValue("forwarding", cty.BoolVal(s.Forwarding))
 	b.SetAttributeValue("reassembly_timeout", dur(s.ReassemblyTimeout))
 	b.SetAttributeValue("reassembly_memory", num(s.ReassemblyMemory))

@@ -22,6 +22,7 @@ func stackConfig(cfg *config.Config) (stack.Config, error) {
 			SendBuffer:                   cfg.Stack.TCPSendBuffer,
 			ReceiveBuffer:                cfg.Stack.TCPReceiveBuffer,
 			DisableModerateReceiveBuffer: !cfg.Stack.TCPModerateReceiveBuffer,
+			MinRTO:                       cfg.Stack.TCPMinRTO,
 		},
 		// A TUN device is useless without forwarding: its packets are
 		// addressed to the peers, not to the stack.

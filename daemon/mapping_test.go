@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -171,20 +172,21 @@ tunnel "t" {
 		wantTCP        stack.TCPOptions
 		wantForwarding bool
 	}{
-		{"defaults", tunnel, stack.TCPOptions{CongestionControl: "reno"}, false},
+		{"defaults", tunnel, stack.TCPOptions{CongestionControl: "reno", MinRTO: 20 * time.Millisecond}, false},
 		{"tuned", `stack {
   tcp_sack                    = false
   tcp_congestion              = "cubic"
   tcp_send_buffer             = 65536
   tcp_receive_buffer          = 131072
   tcp_moderate_receive_buffer = false
+  tcp_min_rto                 = "5ms"
   forwarding                  = true
 }` + tunnel, stack.TCPOptions{DisableSACK: true, CongestionControl: "cubic", SendBuffer: 65536, ReceiveBuffer: 131072,
-			DisableModerateReceiveBuffer: true}, true},
+			DisableModerateReceiveBuffer: true, MinRTO: 5 * time.Millisecond}, true},
 		{"tun forces forwarding", tunnel + `
 tun {
   addresses = ["10.98.0.1/24"]
-}`, stack.TCPOptions{CongestionControl: "reno"}, true},
+}`, stack.TCPOptions{CongestionControl: "reno", MinRTO: 20 * time.Millisecond}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

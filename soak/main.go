@@ -40,8 +40,6 @@ import (
 	"github.com/ipipstack/ipipstack/endpoint/encap"
 	"github.com/ipipstack/ipipstack/endpoint/impair"
 	"github.com/ipipstack/ipipstack/stack"
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 const chunkSize = 1 << 20
@@ -60,7 +58,7 @@ func main() {
 		duplicate = flag.Float64("duplicate", 0.001, "probability that a datagram is duplicated")
 		corrupt   = flag.Float64("corrupt", 0.0001, "probability that a datagram has a bit flipped")
 		seed      = flag.Uint64("seed", 1, "seed of the impairments")
-		minRTO    = flag.Duration("min-rto", 0, "gVisor's minimum TCP retransmission timeout; 0 leaves its default (200 ms)")
+		minRTO    = flag.Duration("min-rto", 0, "the minimum TCP retransmission timeout; 0 leaves the stack's default (stack.TCPOptions.MinRTO, 20 ms)")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -133,7 +131,7 @@ func run(ctx context.Context, duration, interval time.Duration, opts impair.Opti
 	mk := func(side int, local, remote netip.AddrPort, addr netip.Prefix) (*stack.Stack, error) {
 		o := opts
 		o.Seed += uint64(side) // the two directions decide independently
-		return stack.New(stack.Config{Tunnels: []stack.Tunnel{{
+		return stack.New(stack.Config{TCP: stack.TCPOptions{MinRTO: minRTO}, Tunnels: []stack.Tunnel{{
 			Name: fmt.Sprintf("to-%c", 'b'-side), Local: local, Remote: remote, Addresses: []netip.Prefix{addr},
 			Wrap: func(tr endpoint.Transport) endpoint.Transport {
 				s.conns[side] = impair.Wrap(tr, o)
@@ -149,14 +147,6 @@ func run(ctx context.Context, duration, interval time.Duration, opts impair.Opti
 		return false, err
 	}
 	defer s.b.Close()
-	if minRTO > 0 {
-		for _, st := range []*stack.Stack{s.a, s.b} {
-			o := tcpip.TCPMinRTOOption(minRTO)
-			if terr := st.GVisor().SetTransportProtocolOption(tcp.ProtocolNumber, &o); terr != nil {
-				return false, fmt.Errorf("min RTO: %s", terr)
-			}
-		}
-	}
 	fmt.Printf("soak: %v, report every %v; impairments each way: loss %g, reorder %g, duplicate %g, corrupt %g; tunnel %v <-> %v\n",
 		duration, interval, opts.Loss, opts.Reorder, opts.Duplicate, opts.Corrupt, pa, pb)
 
