@@ -21,6 +21,7 @@
 package endpoint
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -144,6 +145,8 @@ type Endpoint struct {
 	mtu     atomic.Uint32
 	ipID    atomic.Uint32
 	closed  atomic.Bool
+	// tooBigPending counts ICMP errors on their way into the stack (pmtu.go).
+	tooBigPending atomic.Int32
 
 	stats counters
 
@@ -644,6 +647,7 @@ func (e *Endpoint) writeSuper(tb *txBatch, pkt *stack.PacketBuffer, mss int, rem
 	hdr := len(pkt.NetworkHeader().Slice()) + len(pkt.TransportHeader().Slice())
 	if hdr+mss > mtu {
 		e.stats.drop(encap.TooBig)
+		e.tooBig(pkt, mtu)
 		return
 	}
 	pieces := (pkt.Data().Size() + mss - 1) / mss
@@ -719,6 +723,7 @@ func (e *Endpoint) encode(tb *txBatch, i int, pkt *stack.PacketBuffer, remote ne
 	size := pkt.Size()
 	if size > mtu {
 		e.stats.drop(encap.TooBig)
+		e.tooBig(pkt, mtu)
 		return false
 	}
 	segs := tb.segs[i][:0]
@@ -752,6 +757,9 @@ func (e *Endpoint) encode(tb *txBatch, i int, pkt *stack.PacketBuffer, remote ne
 		e.stats.drop(encap.NotIP)
 		return false
 	}
+	if in.Proto == encap.ProtoIPv6 {
+		fixPacketTooBig(segs[first])
+	}
 	m := &tb.msgs[i]
 	if e.enc != nil {
 		hdr := tb.hdrs[i][:]
@@ -767,6 +775,36 @@ func (e *Endpoint) encode(tb *txBatch, i int, pkt *stack.PacketBuffer, remote ne
 	m.Buffers, m.Addr, m.GSOSize = segs, remote, 0
 	tb.packets[i], tb.bytes[i] = 1, size
 	return true
+}
+
+// fixPacketTooBig gives an ICMPv6 Packet Too Big message whose MTU field
+// is below IPv6's minimum link MTU that minimum, fixing the checksum. gVisor
+// sends Packet Too Big with MTU 0 when it cannot forward a packet
+// (ipv6.go forwardPacketWithRoute passes no MTU to returnError), and a
+// gVisor sender that believes it sets its TCP segment size to 1 byte.
+// RFC 8200 §5 guarantees every link 1280 bytes, so 1280 is always a safe
+// answer, and what Linux assumes on receiving a smaller one (RFC 8201 §4).
+// pkt is the inner packet's first bytes; it is written in place.
+func fixPacketTooBig(pkt []byte) {
+	const (
+		icmp       = 40 // the ICMPv6 header follows the IPv6 header directly
+		typeTooBig = 2  // RFC 4443 §3.2
+	)
+	if len(pkt) < icmp+8 || pkt[6] != 58 || pkt[icmp] != typeTooBig {
+		return
+	}
+	mtu := binary.BigEndian.Uint32(pkt[icmp+4:])
+	if mtu >= MinIPv6MTU {
+		return
+	}
+	binary.BigEndian.PutUint32(pkt[icmp+4:], MinIPv6MTU)
+	// RFC 1624 incremental update: HC' = ~(~HC + ~m + m') per 16-bit word.
+	sum := uint32(^binary.BigEndian.Uint16(pkt[icmp+2:]))
+	sum += uint32(^uint16(mtu>>16)) + uint32(^uint16(mtu)) + MinIPv6MTU>>16 + MinIPv6MTU&0xffff
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(pkt[icmp+2:], ^uint16(sum))
 }
 
 // flush sends the queued messages and frees every buffer they used.
@@ -808,6 +846,13 @@ func (e *Endpoint) send(msgs []Message, packets, bytes []int) {
 		reason := encap.SendError
 		switch {
 		case errors.Is(err, syscall.EMSGSIZE):
+			// Bigger than the outer path MTU, which may have dropped
+			// (pmtu.go). The inner sender learns it on retransmission.
+			reason = encap.TooBig
+			e.learnPathMTU(datagramSize(&msgs[0]))
+		case errors.Is(err, syscall.EINVAL) && msgs[0].GSOSize > 0 && e.learnPathMTU(msgs[0].GSOSize):
+			// The kernel refuses UDP GSO segments above the path MTU
+			// with EINVAL (udp_send_skb), not EMSGSIZE.
 			reason = encap.TooBig
 		case errors.Is(err, ErrClosed):
 			for i := range msgs {
@@ -820,6 +865,19 @@ func (e *Endpoint) send(msgs []Message, packets, bytes []int) {
 		e.stats.drops[reason].Add(uint64(packets[0]))
 		msgs, packets, bytes = msgs[1:], packets[1:], bytes[1:]
 	}
+}
+
+// datagramSize is the size of the datagram m sends, or of its segments
+// if it is a GSO message.
+func datagramSize(m *Message) int {
+	if m.GSOSize > 0 {
+		return m.GSOSize
+	}
+	n := 0
+	for _, b := range m.Buffers {
+		n += len(b)
+	}
+	return n
 }
 
 var sendErrLog atomic.Int64

@@ -63,6 +63,19 @@ type sockTransport struct {
 	// txMu guards txBatch, the state of sendmmsg calls.
 	txMu    sync.Mutex
 	txBatch *mmsgBatch
+
+	// probe asks the kernel for the path MTU (pmtu_linux.go); nil if it
+	// could not be opened.
+	probe *pmtuProbe
+}
+
+// openProbe opens t's path MTU probe; without one the endpoint does not
+// learn a lower outer path MTU.
+func (t *sockTransport) openProbe(v6 bool) {
+	if p, err := newPMTUProbe(v6); err == nil {
+		t.probe = p
+		t.closers = append(t.closers, p.close)
+	}
 }
 
 type sockReceiver struct {
@@ -156,6 +169,7 @@ func ListenUDP(local netip.AddrPort, opts SocketOptions) (Transport, error) {
 	t.local = first.local
 	t.offloads = first.off
 	t.rx = []*sockReceiver{{c: first.sc, verified: v6}}
+	t.openProbe(v6)
 	if !v6 {
 		if second, err := listenUDP(first.local, false, opts, true); err == nil {
 			if err := attachChecksumSteering(first.fd); err == nil {
@@ -309,6 +323,7 @@ func ListenRaw(local netip.Addr, opts SocketOptions) (Transport, error) {
 		return &sockConn{rc: rc, file: f, v6: v6}, nil
 	}
 	var err error
+	t.openProbe(v6)
 	if t.tx, err = open(unix.IPPROTO_RAW, false); err != nil {
 		t.Close()
 		return nil, err
