@@ -39,9 +39,9 @@ deps:
 ## as root and skip otherwise (IPIPSTACK_PRIVILEGED=1 makes a skip a failure).
 test: deps
 	$(GO) vet $(PKGS)
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 	@echo "== every benchmark once (-benchtime 1x), so a broken benchmark fails the tests"
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./bench/
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 ## bench: the benchmarks, COUNT runs each (for benchstat), then a table of
 ## medians with the ratios to the baselines (bench/out/TABLE.md) and a chart
