@@ -84,15 +84,15 @@ type TCP struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	log    *slog.Logger
-	wg     sync.WaitGroup // the accept loop and every connection goroutine
-	connWG sync.WaitGroup // connection goroutines only, for Shutdown
+	wg     sync.WaitGroup  // the accept loop and every connection goroutine
+	connWG sync.WaitGroup  // connection goroutines only, for Shutdown
+	conns  service.ConnSet // closed by forceClose
 
 	mu sync.Mutex
 	// The fields below are guarded by mu.
 	ln      net.Listener
 	started bool
 	closing bool
-	conns   map[net.Conn]struct{}
 }
 
 // TCPStats are a TCP forward's counters since Start.
@@ -138,7 +138,6 @@ func (f *TCP) Start(ctx context.Context) error {
 	f.log = logger(f.Logger).With("forward", f.Name, "proto", "tcp")
 	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	f.ln = ln
-	f.conns = make(map[net.Conn]struct{})
 	f.mu.Unlock()
 
 	f.wg.Add(1)
@@ -226,34 +225,8 @@ func (f *TCP) forceClose() {
 	if f.cancel != nil {
 		f.cancel()
 	}
-	conns := make([]net.Conn, 0, len(f.conns))
-	for c := range f.conns {
-		conns = append(conns, c)
-	}
 	f.mu.Unlock()
-	for _, c := range conns {
-		c.Close()
-	}
-}
-
-// track adds c to the set closed by forceClose. It returns false (and
-// closes c) if the forward is already being closed.
-func (f *TCP) track(c net.Conn) bool {
-	f.mu.Lock()
-	if f.ctx.Err() != nil {
-		f.mu.Unlock()
-		c.Close()
-		return false
-	}
-	f.conns[c] = struct{}{}
-	f.mu.Unlock()
-	return true
-}
-
-func (f *TCP) untrack(c net.Conn) {
-	f.mu.Lock()
-	delete(f.conns, c)
-	f.mu.Unlock()
+	f.conns.CloseAll()
 }
 
 func (f *TCP) acceptLoop(ln net.Listener) {
@@ -300,10 +273,10 @@ func (f *TCP) serve(c net.Conn) {
 	defer f.wg.Done()
 	defer f.connWG.Done()
 	defer f.active.Add(-1)
-	if !f.track(c) {
+	if !f.conns.Track(c) {
 		return
 	}
-	defer f.untrack(c)
+	defer f.conns.Untrack(c)
 
 	timeout := f.DialTimeout
 	if timeout <= 0 {
@@ -318,11 +291,11 @@ func (f *TCP) serve(c net.Conn) {
 		c.Close()
 		return
 	}
-	if !f.track(up) {
+	if !f.conns.Track(up) {
 		c.Close()
 		return
 	}
-	defer f.untrack(up)
+	defer f.conns.Untrack(up)
 	if f.IdleTimeout > 0 {
 		var last atomic.Int64
 		last.Store(time.Now().UnixNano())

@@ -113,14 +113,14 @@ type Server struct {
 	ctx      context.Context // cancelled by a forced close; parents every dial
 	cancel   context.CancelFunc
 	log      *slog.Logger
-	wg       sync.WaitGroup // Serve's accept loop and every client goroutine
-	connWG   sync.WaitGroup // client goroutines only, for Shutdown
+	wg       sync.WaitGroup  // Serve's accept loop and every client goroutine
+	connWG   sync.WaitGroup  // client goroutines only, for Shutdown
+	conns    service.ConnSet // closed by forceClose
 
 	mu sync.Mutex
 	// The fields below are guarded by mu.
 	ln      net.Listener
 	closing bool
-	conns   map[net.Conn]struct{}
 }
 
 type counters struct {
@@ -183,7 +183,6 @@ func (s *Server) init() {
 			s.log = slog.New(slog.DiscardHandler)
 		}
 		s.log = s.log.With("service", "socks5")
-		s.conns = make(map[net.Conn]struct{})
 	})
 }
 
@@ -310,34 +309,8 @@ func (s *Server) stopAccepting() error {
 func (s *Server) forceClose() {
 	s.mu.Lock()
 	s.cancel()
-	conns := make([]net.Conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
 	s.mu.Unlock()
-	for _, c := range conns {
-		c.Close()
-	}
-}
-
-// track adds c to the set closed by forceClose. It returns false (and
-// closes c) once a forced close has begun.
-func (s *Server) track(c net.Conn) bool {
-	s.mu.Lock()
-	if s.ctx.Err() != nil {
-		s.mu.Unlock()
-		c.Close()
-		return false
-	}
-	s.conns[c] = struct{}{}
-	s.mu.Unlock()
-	return true
-}
-
-func (s *Server) untrack(c net.Conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
+	s.conns.CloseAll()
 }
 
 func (s *Server) serve(ln net.Listener) error {
@@ -405,10 +378,10 @@ func (s *Server) handle(c net.Conn) {
 	defer s.wg.Done()
 	defer s.connWG.Done()
 	defer s.stats.active.Add(-1)
-	if !s.track(c) {
+	if !s.conns.Track(c) {
 		return
 	}
-	defer s.untrack(c)
+	defer s.conns.Untrack(c)
 	defer c.Close()
 
 	log := s.log.With("client", c.RemoteAddr())
@@ -575,10 +548,10 @@ func (s *Server) connect(c net.Conn, dst Addr, log *slog.Logger) {
 		s.lingerClose(c)
 		return
 	}
-	if !s.track(up) {
+	if !s.conns.Track(up) {
 		return
 	}
-	defer s.untrack(up)
+	defer s.conns.Untrack(up)
 	if err := s.reply(c, ReplySucceeded, AddrFromNetAddr(up.LocalAddr())); err != nil {
 		up.Close()
 		log.Debug("writing reply", "err", err)
