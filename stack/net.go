@@ -165,11 +165,16 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 		return nil, opErr(&net.AddrError{Err: "missing address or port", Addr: address})
 	}
 	if network[0] == 'u' {
-		c, err := gonet.DialUDP(s.gv, nil, ptr(fullAddr(raddr)), proto)
-		if err != nil {
-			return nil, opErr(s.udpError(raddr, proto, err))
+		wq := new(waiter.Queue)
+		ep, terr := s.gv.NewEndpoint(udp.ProtocolNumber, proto, wq)
+		if terr != nil {
+			return nil, opErr(translate("socket", terr))
 		}
-		return c, nil
+		if terr := ep.Connect(fullAddr(raddr)); terr != nil {
+			ep.Close()
+			return nil, opErr(translate("connect", terr))
+		}
+		return newUDPConn(wq, ep), nil
 	}
 	c, err := s.dialTCP(ctx, raddr, proto)
 	if err != nil {
@@ -178,20 +183,6 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 	return c, nil
 }
 
-// udpError recovers the errno of a failed UDP connect, which gonet reports
-// only as text: the usual cause is that no route reaches raddr.
-func (s *Stack) udpError(raddr netip.AddrPort, proto tcpip.NetworkProtocolNumber, err error) error {
-	if _, terr := s.gv.FindRoute(0, tcpip.Address{}, tcpipAddr(raddr.Addr()), proto, false); terr != nil {
-		return translate("connect", terr)
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		return oe.Err
-	}
-	return err
-}
-
-func ptr[T any](v T) *T { return &v }
 
 func (s *Stack) dialTCP(ctx context.Context, raddr netip.AddrPort, proto tcpip.NetworkProtocolNumber) (net.Conn, error) {
 	if err := ctx.Err(); err != nil {
@@ -257,7 +248,7 @@ func (s *Stack) ListenPacket(network, address string) (net.PacketConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return gonet.NewUDPConn(wq, ep), nil
+	return newUDPConn(wq, ep), nil
 }
 
 // bind makes a transport endpoint bound to address for Listen and

@@ -495,3 +495,35 @@ func TestListenDualStack(t *testing.T) {
 		}
 	}
 }
+
+// TestUDPWriteDeadline checks that UDP writes honour write deadlines and
+// report them as the net package does.
+func TestUDPWriteDeadline(t *testing.T) {
+	p := newPair(t, "127.0.0.1", nil)
+	c, err := p.a.Dial("udp", "10.99.0.2:9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetWriteDeadline(time.Now().Add(-time.Second))
+	_, err = c.Write([]byte("after the deadline"))
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("Write after the deadline = %v, want an i/o timeout", err)
+	}
+	c.SetWriteDeadline(time.Time{})
+	if _, err := c.Write([]byte("again")); err != nil {
+		t.Errorf("Write after clearing the deadline: %v", err)
+	}
+	pc, err := p.a.ListenPacket("udp4", "10.99.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if _, err := pc.WriteTo([]byte("x"), &net.UDPAddr{IP: net.ParseIP("192.0.2.1"), Port: 9}); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("WriteTo an unroutable address = %v, want network is unreachable", err)
+	}
+}

@@ -1,0 +1,118 @@
+package stack
+
+import (
+	"bytes"
+	"net"
+	"sync"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// udpConn is a gonet.UDPConn whose writes cannot miss their wakeup.
+// gonet's WriteTo registers for "writable" only after a write found the
+// send buffer full; if the buffer drains in between, the notification is
+// lost and the write waits forever (seen under load in BenchmarkUDPRate).
+// Here the retry after registering catches such a drain. Reads, addresses
+// and read deadlines are gonet's.
+type udpConn struct {
+	*gonet.UDPConn
+	ep tcpip.Endpoint
+	wq *waiter.Queue
+
+	// mu guards writeDeadline, a copy of the write deadline that gonet
+	// keeps to itself.
+	mu            sync.Mutex
+	writeDeadline time.Time
+}
+
+var (
+	_ net.Conn       = (*udpConn)(nil)
+	_ net.PacketConn = (*udpConn)(nil)
+)
+
+func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *udpConn {
+	return &udpConn{UDPConn: gonet.NewUDPConn(wq, ep), ep: ep, wq: wq}
+}
+
+// SetDeadline implements net.Conn.SetDeadline.
+func (c *udpConn) SetDeadline(t time.Time) error {
+	c.setWriteDeadline(t)
+	return c.UDPConn.SetDeadline(t)
+}
+
+// SetWriteDeadline implements net.Conn.SetWriteDeadline.
+func (c *udpConn) SetWriteDeadline(t time.Time) error {
+	c.setWriteDeadline(t)
+	return c.UDPConn.SetWriteDeadline(t)
+}
+
+func (c *udpConn) setWriteDeadline(t time.Time) {
+	c.mu.Lock()
+	c.writeDeadline = t
+	c.mu.Unlock()
+}
+
+// Write implements net.Conn.Write.
+func (c *udpConn) Write(b []byte) (int, error) { return c.WriteTo(b, nil) }
+
+// WriteTo implements net.PacketConn.WriteTo.
+func (c *udpConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	opErr := func(err error) error {
+		return &net.OpError{Op: "write", Net: "udp", Source: c.LocalAddr(), Addr: addr, Err: err}
+	}
+	var opts tcpip.WriteOptions
+	if addr != nil {
+		ua, ok := addr.(*net.UDPAddr)
+		if !ok {
+			return 0, opErr(&net.AddrError{Err: "not a UDP address", Addr: addr.String()})
+		}
+		ap := ua.AddrPort()
+		opts.To = &tcpip.FullAddress{Addr: tcpipAddr(ap.Addr().Unmap()), Port: ap.Port()}
+	}
+	var r bytes.Reader
+	var notify chan struct{}
+	var timer *time.Timer
+	for {
+		c.mu.Lock()
+		d := c.writeDeadline
+		c.mu.Unlock()
+		if !d.IsZero() && !time.Now().Before(d) {
+			return 0, opErr(timeoutError{})
+		}
+		r.Reset(b)
+		n, terr := c.ep.Write(&r, opts)
+		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
+			if terr != nil {
+				return int(n), opErr(translate("sendto", terr))
+			}
+			return int(n), nil
+		}
+		if notify == nil {
+			// Register, then write again before waiting: a drain after
+			// the failed write is seen either by that write or as a
+			// notification.
+			var entry waiter.Entry
+			entry, notify = waiter.NewChannelEntry(waiter.WritableEvents)
+			c.wq.EventRegister(&entry)
+			defer c.wq.EventUnregister(&entry)
+			continue
+		}
+		var expired <-chan time.Time
+		if !d.IsZero() {
+			if timer == nil {
+				timer = time.NewTimer(time.Until(d))
+				defer timer.Stop()
+			} else {
+				timer.Reset(time.Until(d))
+			}
+			expired = timer.C
+		}
+		select {
+		case <-notify:
+		case <-expired:
+		}
+	}
+}
