@@ -183,7 +183,6 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 	return c, nil
 }
 
-
 func (s *Stack) dialTCP(ctx context.Context, raddr netip.AddrPort, proto tcpip.NetworkProtocolNumber) (net.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, ctxError(err)
