@@ -60,10 +60,7 @@ func (b *mmsgBatch) call(fd uintptr, trap uintptr) bool {
 // sockConn is a non-blocking socket registered with the Go poller.
 type sockConn struct {
 	rc syscall.RawConn
-	// file keeps an fd we opened ourselves (raw sockets) alive; nil for
-	// sockets owned by a net.Conn.
-	file *os.File
-	v6   bool
+	v6 bool
 }
 
 // recv reads a batch. msgs[i].Buffers[0] are the buffers to fill.

@@ -49,7 +49,6 @@ func (o *SocketOptions) batch() int {
 type sockTransport struct {
 	framing Framing
 	local   netip.AddrPort
-	batch   int
 
 	tx *sockConn
 	rx []*sockReceiver
@@ -146,7 +145,7 @@ func (t *sockTransport) Close() error {
 // is refused by the kernel, so every datagram is verified.
 func ListenUDP(local netip.AddrPort, opts SocketOptions) (Transport, error) {
 	v6 := local.Addr().Is6() && !local.Addr().Is4In6()
-	t := &sockTransport{framing: FramingUDP, batch: opts.batch(), txBatch: newMmsgBatch(opts.batch())}
+	t := &sockTransport{framing: FramingUDP, txBatch: newMmsgBatch(opts.batch())}
 	if !v6 {
 		// SO_REUSEPORT would let our bind share a port that another
 		// socket of this user holds with SO_REUSEPORT too, and a second
@@ -289,7 +288,6 @@ func ListenRaw(local netip.Addr, opts SocketOptions) (Transport, error) {
 	t := &sockTransport{
 		framing: framing,
 		local:   netip.AddrPortFrom(local, 0),
-		batch:   opts.batch(),
 		txBatch: newMmsgBatch(opts.batch()),
 	}
 	open := func(proto int, bind bool) (*sockConn, error) {
@@ -320,7 +318,7 @@ func ListenRaw(local netip.Addr, opts SocketOptions) (Transport, error) {
 			return nil, err
 		}
 		t.closers = append(t.closers, f.Close)
-		return &sockConn{rc: rc, file: f, v6: v6}, nil
+		return &sockConn{rc: rc, v6: v6}, nil
 	}
 	var err error
 	t.openProbe(v6)

@@ -14,7 +14,6 @@ package encap
 
 import (
 	"encoding/binary"
-	"net/netip"
 )
 
 // Sizes of the headers this package writes.
@@ -219,16 +218,4 @@ func fold(s uint64) uint16 {
 		s = s>>16 + s&0xffff
 	}
 	return uint16(s)
-}
-
-// OuterLen is the length of the outer header that an Encoder for a tunnel
-// between addresses of this family writes (no UDP).
-func OuterLen(outer netip.Addr, p Policy) int {
-	if outer.Is4() {
-		return IPv4HeaderLen
-	}
-	if p.UseEncapLimit {
-		return IPv6HeaderLen + EncapLimitLen
-	}
-	return IPv6HeaderLen
 }
