@@ -61,7 +61,7 @@ const (
 	maxConnectionsLimit       = 1 << 20
 	minBufferSize             = 4 << 10
 	maxBufferSize             = 1 << 30
-	minReassemblyMemory       = 64 << 10 // one maximal datagram must fit.
+	minReassemblyMemory       = 128 << 10 // one maximal datagram must fit, as gVisor counts it.
 	maxSOCKS5CredentialLength = 255      // RFC 1929: ULEN and PLEN are one octet.
 	maxInterfaceName          = 15       // Linux IFNAMSIZ minus the NUL.
 )
@@ -186,10 +186,14 @@ type Stack struct {
 	// false.
 	Forwarding bool
 	// ReassemblyTimeout bounds how long fragments wait for the rest of
-	// their datagram. Default DefaultReassemblyTimeout (30s).
+	// their datagram, 1ms to 1h; a datagram whose first fragment came
+	// then gets ICMP Time Exceeded. Default DefaultReassemblyTimeout
+	// (30s), which leaves IPv6 at RFC 8200's 60s; other values apply to
+	// both families.
 	ReassemblyTimeout time.Duration
-	// ReassemblyMemory bounds the bytes held by IP reassembly. Default
-	// DefaultReassemblyMemory (4 MiB).
+	// ReassemblyMemory bounds the bytes held by IP reassembly, per
+	// family; past it the oldest incomplete datagrams are dropped.
+	// Default DefaultReassemblyMemory (4 MiB).
 	ReassemblyMemory int
 }
 

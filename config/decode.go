@@ -242,10 +242,14 @@ func (d *decoder) decodeStack(b *hcl.Block) Stack {
 		s.Forwarding = v
 	}
 	if v, ok := d.duration(a["reassembly_timeout"]); ok {
-		s.ReassemblyTimeout = v
+		if v < time.Millisecond || v > time.Hour {
+			d.attrError(a["reassembly_timeout"], "Value out of range", "reassembly_timeout must be between 1ms and 1h, not %v.", v)
+		} else {
+			s.ReassemblyTimeout = v
+		}
 	}
 	if v, ok := d.integer(a["reassembly_memory"], minReassemblyMemory, maxBufferSize,
-		" bytes (64 KiB, so that one maximal datagram fits, to 1 GiB)"); ok {
+		" bytes (128 KiB, so that one maximal datagram fits, to 1 GiB)"); ok {
 		s.ReassemblyMemory = v
 	}
 	return s

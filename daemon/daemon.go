@@ -145,13 +145,6 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 			d.closeAll(context.Background())
 		}
 	}()
-	if rt, rm := cfg.Stack.ReassemblyTimeout, cfg.Stack.ReassemblyMemory; (rt != 0 && rt != config.DefaultReassemblyTimeout) ||
-		(rm != 0 && rm != config.DefaultReassemblyMemory) {
-		// TODO(daemon): stack.Config has no reassembly knobs (gVisor's are
-		// package constants of 30s and 4 MiB).
-		log.Warn("reassembly_timeout and reassembly_memory are not supported yet; using 30s and 4 MiB",
-			"reassembly_timeout", cfg.Stack.ReassemblyTimeout, "reassembly_memory", cfg.Stack.ReassemblyMemory)
-	}
 	for i := range cfg.Tunnels {
 		t := &cfg.Tunnels[i]
 		if t.Capture == "" {

@@ -130,6 +130,8 @@ func TestTwoDaemons(t *testing.T) {
 		`ipipstack_service_active_connections{kind="socks5",service="proxy"} `,
 		`ipipstack_service_connections_total{kind="forward",service="echo"} 1`,
 		`# TYPE ipipstack_tunnel_rx_bytes_total counter`,
+		`ipipstack_reassembly_bytes{family="ipv4"} `,
+		`ipipstack_reassembly_bytes{family="ipv6"} `,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)

@@ -27,6 +27,11 @@ func stackConfig(cfg *config.Config) (stack.Config, error) {
 		// A TUN device is useless without forwarding: its packets are
 		// addressed to the peers, not to the stack.
 		Forwarding: cfg.Stack.Forwarding || cfg.TUN != nil,
+		// config's defaults are gVisor's; passing them as zero keeps
+		// IPv6's 60 s timeout (RFC 8200) and lets a gVisor version where
+		// the limits cannot be set run with the defaults.
+		ReassemblyTimeout: unlessDefault(cfg.Stack.ReassemblyTimeout, config.DefaultReassemblyTimeout),
+		ReassemblyMemory:  unlessDefault(cfg.Stack.ReassemblyMemory, config.DefaultReassemblyMemory),
 	}
 	for i := range cfg.Tunnels {
 		t := &cfg.Tunnels[i]
@@ -127,6 +132,15 @@ func tunMTU(cfg *config.Config) int {
 		}
 	}
 	return m
+}
+
+// unlessDefault returns v, or the zero value if v is def.
+func unlessDefault[T comparable](v, def T) T {
+	if v == def {
+		var zero T
+		return zero
+	}
+	return v
 }
 
 func clonePrefixes(p []netip.Prefix) []netip.Prefix {

@@ -89,8 +89,15 @@ func (d *Daemon) collect() []*family {
 		bytes.add(u64(s.BytesFromTarget), append(l, "direction", "from_target")...)
 	}
 
+	reasm := fam("ipipstack_reassembly_bytes", gauge, "Memory held by IP reassembly for incomplete datagrams, by family.")
+	for _, f := range []string{"ipv4", "ipv6"} {
+		if n, ok := st.ReassemblyBytes[f]; ok {
+			reasm.add(i64(int64(n)), "family", f)
+		}
+	}
+
 	out := []*family{build, start, draining, info, mtu, rxp, rxb, txp, txb, drops, seen,
-		active, total, rejected, dialFail, bytes}
+		active, total, rejected, dialFail, bytes, reasm}
 	if st.TUN != nil {
 		up := fam("ipipstack_tun_up", gauge, "1 if the TUN device is up.")
 		up.add(boolValue(st.TUN.Up), "device", st.TUN.Name)

@@ -24,6 +24,9 @@ type Status struct {
 	Services []ServiceStatus `json:"services"`
 	// TUN is the TUN device, nil if none is configured.
 	TUN *TUNStatus `json:"tun,omitempty"`
+	// ReassemblyBytes is the memory IP reassembly holds now, by family
+	// ("ipv4", "ipv6"); a family is absent if gVisor hides it.
+	ReassemblyBytes map[string]int `json:"reassembly_bytes,omitempty"`
 }
 
 // TunnelStatus is one tunnel's configuration and counters.
@@ -126,6 +129,15 @@ func (d *Daemon) Status() Status {
 	}
 	for _, sv := range d.services {
 		s.Services = append(s.Services, sv.status())
+	}
+	if v4, v6 := d.st.ReassemblyBytes(); v4 >= 0 || v6 >= 0 {
+		s.ReassemblyBytes = map[string]int{}
+		if v4 >= 0 {
+			s.ReassemblyBytes["ipv4"] = v4
+		}
+		if v6 >= 0 {
+			s.ReassemblyBytes["ipv6"] = v6
+		}
 	}
 	if d.cfg.TUN != nil {
 		d.mu.Lock()

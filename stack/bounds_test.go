@@ -106,12 +106,12 @@ func udpRcvbufErrors() uint64 {
 // an 8 MiB TCP transfer from b to a runs through the same socket. The
 // transfer must arrive byte-exact and the Go heap must stay bounded.
 //
-// gVisor's reassembly memory is bounded by constants that cannot be
-// configured: above fragmentation.HighFragThreshold (4 MiB) of pending
-// fragments it evicts the oldest reassemblies down to LowFragThreshold
-// (3 MiB), like Linux's ipfrag_high_thresh / ipfrag_low_thresh, and drops
-// what is left after ipv4.ReassembleTimeout (30 s). gVisor counts neither
-// eviction, so the test reports how many fragments reached its IP layer.
+// The stack keeps gVisor's default reassembly limits (Config's are zero):
+// above fragmentation.HighFragThreshold (4 MiB) of pending fragments it
+// evicts the oldest reassemblies down to LowFragThreshold (3 MiB), like
+// Linux's ipfrag_high_thresh / ipfrag_low_thresh, and drops what is left
+// after ipv4.ReassembleTimeout (30 s). gVisor counts neither eviction, so
+// the test reports how many fragments reached its IP layer.
 func TestFragmentFlood(t *testing.T) {
 	const (
 		fragments = 100_000

@@ -143,6 +143,19 @@ type Config struct {
 	Routes []Route
 	// Logger receives the stack's logs; nil discards them.
 	Logger *slog.Logger
+	// ReassemblyTimeout is how long the fragments of an incomplete IP
+	// datagram are kept after the first of them arrived, for IPv4 and
+	// IPv6 alike; then they are dropped, with ICMP Time Exceeded (code 1)
+	// to the source if fragment zero was among them. 0 keeps gVisor's
+	// defaults, 30 s for IPv4 and 60 s for IPv6 (RFC 8200 section 4.5);
+	// otherwise 1 ms to 1 h.
+	ReassemblyTimeout time.Duration
+	// ReassemblyMemory bounds the memory each family's IP reassembly
+	// holds, counted as whole fragment packets plus gVisor's bookkeeping;
+	// past it the oldest incomplete datagrams are dropped until a quarter
+	// is free. 0 means 4 MiB; otherwise 128 KiB to 1 GiB. See
+	// Stack.ReassemblyBytes.
+	ReassemblyMemory int
 }
 
 // TCPOptions tune gVisor's TCP. Zero values pick the defaults noted.
@@ -170,6 +183,7 @@ type Stack struct {
 	gv         *gvstack.Stack
 	log        *slog.Logger
 	forwarding bool
+	reasm      reassembly // set in New, then read-only
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -217,6 +231,9 @@ func New(cfg Config) (_ *Stack, err error) {
 			s.Close()
 		}
 	}()
+	if err := s.setupReassembly(&cfg, findFragState); err != nil {
+		return nil, err
+	}
 	if err := s.tuneTCP(cfg.TCP); err != nil {
 		return nil, err
 	}
