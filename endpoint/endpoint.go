@@ -373,6 +373,10 @@ func (e *Endpoint) Close() {
 	e.wg.Wait()
 }
 
+// recvBufSize is the size of a receive buffer: the largest datagram, or
+// the most that UDP GRO coalesces into one read.
+const recvBufSize = 1 << 16
+
 // receive is the loop of one Receiver: read a batch, decapsulate and
 // deliver each datagram. The message buffers are reused; the inner bytes
 // are copied into a gVisor buffer on delivery.
@@ -380,10 +384,20 @@ func (e *Endpoint) receive(r Receiver) {
 	defer e.wg.Done()
 	msgs := make([]Message, e.batch)
 	bufs := make([][1][]byte, e.batch)
+	// The receive buffers are gVisor views, so that coalesced packets
+	// can point into them (coalesce.go); a buffer that a delivered packet
+	// still points into is replaced after the batch.
+	views := make([]*buffer.View, e.batch)
 	for i := range msgs {
-		bufs[i][0] = make([]byte, 1<<16)
+		views[i] = buffer.NewViewSize(recvBufSize)
+		bufs[i][0] = views[i].AsSlice()
 		msgs[i].Buffers = bufs[i][:]
 	}
+	defer func() {
+		for _, v := range views {
+			v.Release()
+		}
+	}()
 	// gd coalesces TCP segments (gVisor GRO) and hands them to fix, which
 	// repairs merged packets' checksums before the stack sees them.
 	var fix checksumFixer
@@ -426,7 +440,11 @@ func (e *Endpoint) receive(r Receiver) {
 		for i := 0; i < n; i++ {
 			m := &msgs[i]
 			if m.GSOSize > 0 && m.GSOSize < m.N {
-				e.deliverCoalesced(target, m, &seg)
+				if e.deliverCoalesced(target, m, &seg, views[i]) {
+					views[i].Release()
+					views[i] = buffer.NewViewSize(recvBufSize)
+					bufs[i][0] = views[i].AsSlice()
+				}
 				continue
 			}
 			e.deliver(target, m)
@@ -440,30 +458,25 @@ func (e *Endpoint) receive(r Receiver) {
 	}
 }
 
-// deliverCoalesced splits a datagram that UDP GRO coalesced from several
-// into its original datagrams of m.GSOSize bytes (the last may be shorter)
-// and delivers each; seg is scratch for the pieces.
-func (e *Endpoint) deliverCoalesced(d stack.NetworkDispatcher, m *Message, seg *Message) {
-	data := m.Buffers[0][:m.N]
-	bufs := seg.Buffers[:1] // seg's own slot, not m's
-	*seg = *m
-	seg.Buffers, seg.GSOSize = bufs, 0
-	for off := 0; off < len(data); off += m.GSOSize {
-		p := data[off:min(off+m.GSOSize, len(data))]
-		bufs[0], seg.N = p, len(p)
-		e.deliver(d, seg)
-	}
-}
-
 // deliver decapsulates one datagram and hands its inner packet to d.
 func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
+	inner, netProto, ok := e.decap(m)
+	if !ok {
+		return
+	}
+	e.deliverCopy(d, inner, netProto, m.Verified)
+}
+
+// decap runs every check of the decapsulation path on one datagram,
+// applies the outer ECN mark and counts the packet (or the reason it was
+// dropped). It returns the inner packet, a slice of the datagram.
+func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtocolNumber, ok bool) {
 	data := m.Buffers[0][:m.N]
 	var (
 		src      netip.AddrPort
 		proto    uint8
 		outerTOS uint8
 		hasTOS   = m.HasTOS
-		inner    []byte
 		r        encap.Reason
 	)
 	switch e.framing {
@@ -472,7 +485,7 @@ func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
 		o, inner, r = encap.DecodeIPv4(data)
 		if r != encap.OK {
 			e.stats.drop(r)
-			return
+			return nil, 0, false
 		}
 		src = netip.AddrPortFrom(o.Src, 0)
 		proto, outerTOS, hasTOS = o.Proto, o.TOS, true
@@ -488,7 +501,7 @@ func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
 		if !(e.anySourcePort && src.Addr() == remote.Addr()) {
 			if !e.roaming {
 				e.stats.drop(encap.WrongPeer)
-				return
+				return nil, 0, false
 			}
 			newPeer = true
 		}
@@ -496,25 +509,25 @@ func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
 	p, inner, r := encap.ValidateInner(inner, proto)
 	if r != encap.OK {
 		e.stats.drop(r)
-		return
+		return nil, 0, false
 	}
 	if encap.IsMartianSource(p.Src) || encap.IsMartianDestination(p.Dst) {
 		e.stats.drop(encap.Martian)
-		return
+		return nil, 0, false
 	}
 	if p.Dst == e.local || encap.NestingDepth(inner, e.isOurs, e.localPort, e.maxNesting) > e.maxNesting {
 		e.stats.drop(encap.Recursion)
-		return
+		return nil, 0, false
 	}
 	if allowed := e.allowed.Load(); allowed != nil && !contains(*allowed, p.Src) {
 		e.stats.drop(encap.SpoofedSource)
-		return
+		return nil, 0, false
 	}
 	if hasTOS {
 		ecn, drop := encap.DecapECN(outerTOS, p.TOS)
 		if drop {
 			e.stats.drop(encap.ECNCongestion)
-			return
+			return nil, 0, false
 		}
 		if ecn != p.TOS&3 {
 			encap.SetECN(inner, ecn)
@@ -525,7 +538,7 @@ func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
 		e.remote.Store(&peer)
 		e.log.Info("tunnel peer moved", "tunnel", e.name, "from", *remote, "to", src)
 	}
-	netProto := ipv4.ProtocolNumber
+	netProto = ipv4.ProtocolNumber
 	if p.Proto == encap.ProtoIPv6 {
 		netProto = ipv6.ProtocolNumber
 	}
@@ -540,12 +553,17 @@ func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
 	// Count before delivering: a reply may leave before delivery returns.
 	e.stats.rxPackets.Add(1)
 	e.stats.rxBytes.Add(uint64(len(inner)))
+	return inner, netProto, true
+}
+
+// deliverCopy hands d a packet holding a copy of inner.
+func (e *Endpoint) deliverCopy(d stack.NetworkDispatcher, inner []byte, netProto tcpip.NetworkProtocolNumber, verified bool) {
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(inner)})
 	pkt.NetworkProtocolNumber = netProto
 	// GRO skips verifying what the kernel verified, but only what comes
 	// straight from a transport that says so: a wrapper (an impairment,
 	// say) may have changed the bytes since.
-	pkt.RXChecksumValidated = m.Verified && e.offloads.RXChecksum
+	pkt.RXChecksumValidated = verified && e.offloads.RXChecksum
 	d.DeliverNetworkPacket(netProto, pkt)
 	pkt.DecRef()
 }

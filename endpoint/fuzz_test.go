@@ -95,7 +95,12 @@ func newFuzzRig(tb testing.TB, framing Framing) *fuzzRig {
 	case FramingRawIPv6:
 		local, remote = netip.AddrPortFrom(outer6L, 0), netip.AddrPortFrom(outer6R, 0)
 	}
-	tr := &fakeTransport{framing: framing, local: local, done: make(chan struct{})}
+	return newFuzzRigOn(tb, &fakeTransport{framing: framing, local: local, done: make(chan struct{})}, remote)
+}
+
+// newFuzzRigOn is newFuzzRig on a given transport.
+func newFuzzRigOn(tb testing.TB, tr Transport, remote netip.AddrPort) *fuzzRig {
+	tb.Helper()
 	e, err := New(Options{Transport: tr, Remote: remote, AllowedSources: []netip.Prefix{
 		netip.MustParsePrefix("10.99.0.0/24"), netip.MustParsePrefix("fd99::/64")}})
 	if err != nil {

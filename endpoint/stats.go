@@ -13,6 +13,7 @@ import (
 type counters struct {
 	rxPackets, rxBytes atomic.Uint64
 	txPackets, txBytes atomic.Uint64
+	rxCoalesced        atomic.Uint64
 	drops              [encap.NumReasons]atomic.Uint64
 	lastSeen           atomic.Int64 // unix nanoseconds of the last datagram read
 }
@@ -25,6 +26,9 @@ func (c *counters) drop(r encap.Reason) { c.drops[r].Add(1) }
 type Stats struct {
 	RxPackets, RxBytes uint64
 	TxPackets, TxBytes uint64
+	// RxCoalesced counts the received packets (of RxPackets) that reached
+	// the stack merged with others into one TCP segment (coalesce.go).
+	RxCoalesced uint64
 	// Drops counts dropped packets by reason, indexed by encap.Reason.
 	Drops [encap.NumReasons]uint64
 	// LastSeen is when the last datagram arrived (valid or not); zero if
@@ -46,11 +50,12 @@ func (s *Stats) DropTotal() uint64 {
 // Stats returns a snapshot of the counters.
 func (e *Endpoint) Stats() Stats {
 	s := Stats{
-		RxPackets: e.stats.rxPackets.Load(),
-		RxBytes:   e.stats.rxBytes.Load(),
-		TxPackets: e.stats.txPackets.Load(),
-		TxBytes:   e.stats.txBytes.Load(),
-		Peer:      e.Remote(),
+		RxPackets:   e.stats.rxPackets.Load(),
+		RxBytes:     e.stats.rxBytes.Load(),
+		TxPackets:   e.stats.txPackets.Load(),
+		TxBytes:     e.stats.txBytes.Load(),
+		RxCoalesced: e.stats.rxCoalesced.Load(),
+		Peer:        e.Remote(),
 	}
 	for i := range s.Drops {
 		s.Drops[i] = e.stats.drops[i].Load()

@@ -37,6 +37,12 @@ func TestOffloads(t *testing.T) {
 					if n := s.GVisor().Stats().IP.MalformedPacketsReceived.Value(); n != 0 {
 						t.Errorf("%s: %d malformed IP packets", st.Name, n)
 					}
+					// Both ends received a bulk transfer. On loopback the
+					// kernel coalesces only what was sent with UDP GSO;
+					// those reads reach TCP merged when GRO is on.
+					if coalesced := st.RxCoalesced > 0; coalesced != (gso && gro) {
+						t.Errorf("%s: %d of %d packets received coalesced, GSO %v, GRO %v", st.Name, st.RxCoalesced, st.RxPackets, gso, gro)
+					}
 				}
 			})
 		}
@@ -66,5 +72,12 @@ func TestZeroChecksumPeer(t *testing.T) {
 	}
 	if n := p.b.GVisor().Stats().TCP.ChecksumErrors.Value(); n != 0 {
 		t.Errorf("B: %d TCP checksum errors", n)
+	}
+	// B no longer trusts the kernel, so it must not hand TCP merged
+	// packets whose checksums nobody checked after the switch.
+	before := eb.Stats().RxCoalesced
+	transfer(t, p.a, p.b, "10.99.0.2:5003", 4<<20)
+	if after := eb.Stats().RxCoalesced; after != before {
+		t.Errorf("B coalesced %d unverified packets", after-before)
 	}
 }
