@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -43,7 +44,14 @@ func BenchmarkIdleConnections(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer ln.Close()
+	// The server keeps its connections in a slice, as an idle server
+	// would, rather than a goroutine per connection, whose stack would be
+	// counted as the tunnel's.
 	accepted := make(chan struct{}, conns)
+	var (
+		mu     sync.Mutex
+		served []interface{ Close() error }
+	)
 	go func() {
 		buf := make([]byte, 1)
 		for {
@@ -51,14 +59,20 @@ func BenchmarkIdleConnections(b *testing.B) {
 			if err != nil {
 				return
 			}
-			go func() {
-				if _, err := c.Read(buf); err == nil {
-					c.Write(buf)
-				}
-				accepted <- struct{}{}
-				<-b.Context().Done()
-				c.Close()
-			}()
+			if _, err := c.Read(buf); err == nil {
+				c.Write(buf)
+			}
+			mu.Lock()
+			served = append(served, c)
+			mu.Unlock()
+			accepted <- struct{}{}
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range served {
+			c.Close()
 		}
 	}()
 	runtime.GC()
