@@ -147,6 +147,8 @@ type Endpoint struct {
 	closed  atomic.Bool
 	// tooBigPending counts ICMP errors on their way into the stack (pmtu.go).
 	tooBigPending atomic.Int32
+	// frags holds first fragments until their UDP checksum is known (txcsum.go).
+	frags fragmentHold
 
 	stats counters
 
@@ -306,12 +308,14 @@ func (*Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 // offload is declared only while every datagram has had its inner bytes
 // verified by the kernel (a non-zero outer UDP checksum, see ListenUDP):
 // nothing verifies them on the raw transport or behind a zero UDP
-// checksum, and there the stack checks every checksum itself.
+// checksum, and there the stack checks every checksum itself. TX checksum
+// offload is always declared: the endpoint completes the checksums of the
+// packets the stack sends (txcsum.go).
 func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
 	if e.offloads.RXChecksum && !e.unverified.Load() {
-		return stack.CapabilityRXChecksumOffload
+		return stack.CapabilityRXChecksumOffload | stack.CapabilityTXChecksumOffload
 	}
-	return 0
+	return stack.CapabilityTXChecksumOffload
 }
 
 // ARPHardwareType implements stack.LinkEndpoint.ARPHardwareType.
@@ -371,6 +375,7 @@ func (e *Endpoint) Close() {
 	}
 	e.tr.Close()
 	e.wg.Wait()
+	e.frags.release()
 }
 
 // recvBufSize is the size of a receive buffer: the largest datagram, or
@@ -645,6 +650,8 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 			if gso.NeedsCsum {
 				finishChecksum(pkt)
 			}
+		} else if e.txChecksum(tb, pkt, remote, mtu) {
+			continue // queued or held back by txcsum.go
 		}
 		if tb.n == len(tb.msgs) {
 			e.flush(tb)

@@ -595,6 +595,7 @@ func gvPacket4(t *testing.T, tos, ttl uint8) *stack.PacketBuffer {
 	})
 	ip.SetChecksum(^ip.CalculateChecksum())
 	pkt.NetworkProtocolNumber = ipv4.ProtocolNumber
+	setUDPChecksum(pkt) // complete already, so that the endpoint sends the bytes as they are
 	return pkt
 }
 
@@ -613,6 +614,7 @@ func gvPacket6(t *testing.T, tc, hop uint8) *stack.PacketBuffer {
 		SrcAddr: tcpip.AddrFrom16(netip.MustParseAddr("fd99::1").As16()), DstAddr: tcpip.AddrFrom16(netip.MustParseAddr("fd99::2").As16()),
 	})
 	pkt.NetworkProtocolNumber = ipv6.ProtocolNumber
+	setUDPChecksum(pkt)
 	return pkt
 }
 
