@@ -201,18 +201,12 @@ func TestRouterTTL(t *testing.T) {
 		dst := c.addr(3, v6)
 		// hop is the stack that should answer the probe with this TTL
 		// (RFC 1812 §5.3.1, RFC 4443 §3.3): a router that would
-		// forward with TTL 0 discards and sends Time Exceeded.
-		//
-		// gVisor's IPv4 forwarding checks ttl == 0 before decrementing
-		// (ipv4.go forwardUnicastPacket) instead of ttl <= 1, so it
-		// forwards a TTL-1 packet with TTL 0 and the next router
-		// answers: IPv4 answers come from one hop further.
-		skew := 0
-		if !v6 {
-			skew = 1
-		}
+		// forward with TTL 0 discards and sends Time Exceeded, so the
+		// probe with TTL k is answered by hop k. (gVisor's IPv4
+		// forwarding alone forwards a TTL-1 packet with TTL 0; see
+		// forward.go.)
 		for ttl := 1; ttl <= 3; ttl++ {
-			hop := min(ttl+skew, 3)
+			hop := ttl
 			d := c.probe(t, dst, ttl)
 			want := icmpDelta{rcvdTE: []int{0}, sentTE: []int{hop}}
 			if hop == 3 {
@@ -222,6 +216,12 @@ func TestRouterTTL(t *testing.T) {
 			if !reflect.DeepEqual(d, want) {
 				t.Errorf("v6=%v TTL %d: ICMP counters moved %+v, want %+v (answer from S%d)", v6, ttl, d, want, hop+1)
 			}
+		}
+	}
+	// S2 and S3 each discarded one IPv4 probe that arrived with TTL 1.
+	for i, s := range c.s[1:3] {
+		if n := s.ForwardStats().TTLExpired; n != 1 {
+			t.Errorf("router S%d: ForwardStats().TTLExpired = %d, want 1", i+2, n)
 		}
 	}
 }

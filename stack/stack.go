@@ -106,7 +106,8 @@ type Tunnel struct {
 	// SocketBuffer sizes the outer sockets' buffers; 0 means 4 MiB.
 	SocketBuffer int
 	// Capture, if set, receives every inner packet of the tunnel in pcap
-	// format.
+	// format, as the stack hands it to the tunnel: TCP and UDP packets the
+	// stack sends itself show checksum 0 (see endpoint/txcsum.go).
 	Capture io.Writer
 	// DisableGSO and DisableGRO turn the segmentation offloads off (see
 	// endpoint.Options); they are on by default. GRO's coalescing is
@@ -184,6 +185,7 @@ type Stack struct {
 	log        *slog.Logger
 	forwarding bool
 	reasm      reassembly // set in New, then read-only
+	fwd        forwarding // forward.go
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -372,6 +374,7 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 		}
 		link = sn
 	}
+	link = s.wrapForwarding(link) // forward.go
 	// One FIFO queue per NIC batches packets from many writers into one
 	// WritePackets call; when it is full, packets are dropped and TCP
 	// retransmits, as on a real NIC.
@@ -532,7 +535,7 @@ func (s *Stack) AddLink(name string, ep gvstack.LinkEndpoint, addrs, routes []ne
 	}
 	s.linkNICs[name] = nic
 	s.mu.Unlock()
-	if terr := s.gv.CreateNICWithOptions(nic, ep, gvstack.NICOptions{Name: name}); terr != nil {
+	if terr := s.gv.CreateNICWithOptions(nic, s.wrapForwarding(ep), gvstack.NICOptions{Name: name}); terr != nil {
 		return fmt.Errorf("stack: add link %q: %s", name, terr)
 	}
 	if err := s.addAddresses(name, name, nic, addrs); err != nil {

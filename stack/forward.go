@@ -1,0 +1,303 @@
+package stack
+
+import (
+	"encoding/binary"
+	"sync"
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// Forwarding (Config.Forwarding) is gVisor's, with workarounds for three
+// bugs of the gVisor version this module pins (ipv4.go and ipv6.go in
+// pkg/tcpip/network):
+//
+//  1. forwardPacketWithRoute recomputes the TCP or UDP checksum of every
+//     packet it forwards out of a NIC without TX checksum offload. For a
+//     first fragment it sums only that fragment, so the reassembled
+//     datagram fails its checksum; in a later IPv4 fragment it overwrites
+//     two bytes of data (6-7 or 16-17) taken for a checksum field; and it
+//     repairs a packet corrupted on the way, which a router must pass on.
+//     The tunnel endpoint therefore declares TX checksum offload and
+//     completes the checksums of the packets the stack itself sends
+//     (endpoint/txcsum.go), and forwarded packets leave as they came.
+//  2. An IPv4 router that has to cut a packet which is already a fragment
+//     (handleFragments, buildNextFragment) numbers the pieces from offset
+//     0 and sets More Fragments only on the pieces it cut, not after them:
+//     the destination reassembles garbage. So on a forwarding stack each
+//     NIC's link endpoint is wrapped in a forwardLink, which cuts an IPv4
+//     packet without DF that is bigger than the MTU of the link it will
+//     leave by itself, with offsets counted from the original datagram
+//     (RFC 791 §3.2; options whose copy flag is clear go in the first
+//     piece only), and hands gVisor pieces that fit.
+//  3. forwardUnicastPacket tests the IPv4 TTL for 0 before decrementing
+//     it, so a packet that arrives with TTL 1 leaves with TTL 0 and the
+//     next hop answers Time Exceeded (IPv6 tests the hop limit for <= 1,
+//     as it should). The forwardLink sets the TTL of a packet to be
+//     forwarded that arrives with TTL 1 to 0, so that gVisor discards it
+//     and answers Time Exceeded from this hop (RFC 1812 §5.3.1). The quote
+//     in that message shows TTL 0 where Linux shows 1.
+//
+// A fourth bug has no workaround here: forwardPacketWithRoute reads the
+// TTL through a header slice whose chunk DeepCopyForForwarding has
+// released (copy-on-write), a use-after-free that the race detector
+// reports when two NICs forward IPv4 at once. The tests that do so skip
+// under -race, and `make test` runs them again without it.
+//
+// IPv6 routers do not fragment (RFC 8200 §4.5): gVisor answers an IPv6
+// packet too big for the next link with Packet Too Big. gVisor's UDP,
+// though, ignores Packet Too Big and keeps no path MTU per destination, so
+// a sender's UDP datagrams that its own stack fragments for a wider first
+// link are refused at the narrow hop every time; TCP adapts its segment
+// size.
+
+// ForwardStats counts what a forwarding stack did to packets on their way
+// through, beyond gVisor's own counters (GVisor().Stats().IP.Forwarding).
+type ForwardStats struct {
+	// Refragmented is the IPv4 packets without DF, whole or fragments,
+	// that were bigger than the link they left by and were cut to fit.
+	Refragmented uint64
+	// Fragments is the pieces they were cut into.
+	Fragments uint64
+	// TTLExpired is the IPv4 packets to be forwarded that arrived with TTL
+	// 1 and were discarded with Time Exceeded.
+	TTLExpired uint64
+}
+
+// ForwardStats returns the counters of forwarding; they stay zero unless
+// Config.Forwarding is set.
+func (s *Stack) ForwardStats() ForwardStats {
+	return ForwardStats{
+		Refragmented: s.fwd.refragmented.Load(),
+		Fragments:    s.fwd.fragments.Load(),
+		TTLExpired:   s.fwd.ttlExpired.Load(),
+	}
+}
+
+// forwarding is the state of a forwarding stack's forwardLinks.
+type forwarding struct {
+	refragmented, fragments, ttlExpired atomic.Uint64
+
+	// mu serializes changes to links, which is replaced whole and read
+	// on the data path without it.
+	mu    sync.Mutex
+	links atomic.Pointer[[]*forwardLink]
+}
+
+// minMTU is the smallest MTU of the stack's NICs: an IPv4 packet no bigger
+// fits whichever link it leaves by, and needs no route lookup.
+func (f *forwarding) minMTU() int {
+	links := f.links.Load()
+	if links == nil {
+		return 0
+	}
+	m := -1
+	for _, l := range *links {
+		if mtu := int(l.MTU()); m < 0 || mtu < m {
+			m = mtu
+		}
+	}
+	return m
+}
+
+// wrapForwarding returns ep wrapped in a forwardLink if s forwards, and ep
+// itself otherwise. The wrapper passes every call but DeliverNetworkPacket
+// through to ep (nested.Endpoint: MTU, capabilities, GSO and Close
+// included).
+func (s *Stack) wrapForwarding(ep gvstack.LinkEndpoint) gvstack.LinkEndpoint {
+	if !s.forwarding {
+		return ep
+	}
+	l := &forwardLink{s: s}
+	l.Endpoint.Init(ep, l)
+	s.fwd.mu.Lock()
+	var links []*forwardLink
+	if old := s.fwd.links.Load(); old != nil {
+		links = append(links, *old...)
+	}
+	links = append(links, l)
+	s.fwd.links.Store(&links)
+	s.fwd.mu.Unlock()
+	return l
+}
+
+// forwardLink is the link endpoint of one NIC of a forwarding stack, around
+// the NIC's own: it works around gVisor's IPv4 forwarding bugs 2 and 3
+// (see above) on the packets the NIC receives.
+type forwardLink struct {
+	nested.Endpoint
+	s *Stack
+}
+
+var (
+	_ gvstack.LinkEndpoint      = (*forwardLink)(nil)
+	_ gvstack.GSOEndpoint       = (*forwardLink)(nil)
+	_ gvstack.NetworkDispatcher = (*forwardLink)(nil)
+)
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher. A packet it
+// cuts into pieces is not delivered itself; the caller keeps its reference
+// to pkt either way.
+func (l *forwardLink) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *gvstack.PacketBuffer) {
+	if proto == ipv4.ProtocolNumber && l.forward4(pkt) {
+		return
+	}
+	l.Endpoint.DeliverNetworkPacket(proto, pkt)
+}
+
+// forward4 applies the workarounds to an IPv4 packet: it sets TTL 1 to 0
+// in place, or cuts pkt into pieces and delivers those, and reports
+// whether it did the latter. Anything malformed is left to gVisor to
+// drop. Only packets with TTL 1, or without DF and bigger than the
+// smallest link MTU, get past the first test.
+func (l *forwardLink) forward4(pkt *gvstack.PacketBuffer) bool {
+	h, ok := pkt.Data().PullUp(header.IPv4MinimumSize)
+	if !ok {
+		return false
+	}
+	ip := header.IPv4(h)
+	ttl, size := ip.TTL(), int(ip.TotalLength())
+	df := ip.Flags()&header.IPv4FlagDontFragment != 0
+	if ttl > 1 && (df || size <= l.s.fwd.minMTU()) || ttl == 0 {
+		return false
+	}
+	hl := int(ip.HeaderLength())
+	if h[0]>>4 != 4 || hl < header.IPv4MinimumSize || size < hl || size > pkt.Data().Size() {
+		return false
+	}
+	if h, ok = pkt.Data().PullUp(hl); !ok || !header.IPv4(h).IsChecksumValid() {
+		return false // a bad header is gVisor's to count and drop, not ours to re-checksum
+	}
+	ip = header.IPv4(h)
+	dst := ip.DestinationAddress()
+	if header.IsV4MulticastAddress(dst) || dst == header.IPv4Broadcast ||
+		l.s.gv.CheckLocalAddress(0, ipv4.ProtocolNumber, dst) != 0 {
+		return false // for us (or a subnet broadcast of ours): not forwarded
+	}
+	if ttl == 1 {
+		expireTTL(h)
+		l.s.fwd.ttlExpired.Add(1)
+		return false
+	}
+	r, terr := l.s.gv.FindRoute(0, tcpip.Address{}, dst, ipv4.ProtocolNumber, false /* multicastLoop */)
+	if terr != nil {
+		return false // gVisor answers Destination Unreachable
+	}
+	// Route.MTU is what a 20-byte header leaves of the link MTU.
+	mtu := int(r.MTU()) + header.IPv4MinimumSize
+	r.Release()
+	if size <= mtu {
+		return false
+	}
+	p, ok := pkt.Data().PullUp(size)
+	if !ok {
+		return false
+	}
+	n := splitIPv4(p, mtu, func(hdr, payload []byte) {
+		v := buffer.NewViewSize(len(hdr) + len(payload))
+		b := v.AsSlice()
+		copy(b[copy(b, hdr):], payload)
+		piece := gvstack.NewPacketBuffer(gvstack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+		piece.NetworkProtocolNumber = ipv4.ProtocolNumber
+		piece.RXChecksumValidated = pkt.RXChecksumValidated
+		l.Endpoint.DeliverNetworkPacket(ipv4.ProtocolNumber, piece)
+		piece.DecRef()
+	})
+	if n == 0 {
+		return false
+	}
+	l.s.fwd.refragmented.Add(1)
+	l.s.fwd.fragments.Add(uint64(n))
+	return true
+}
+
+// expireTTL sets the TTL of the IPv4 header h to 0 and updates its
+// checksum incrementally (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') over
+// the 16-bit word of TTL and protocol).
+func expireTTL(h []byte) {
+	const ttlWord = 8
+	old := binary.BigEndian.Uint16(h[ttlWord:])
+	h[ttlWord] = 0
+	sum := uint32(^binary.BigEndian.Uint16(h[10:])) + uint32(^old) + uint32(binary.BigEndian.Uint16(h[ttlWord:]))
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(h[10:], ^uint16(sum))
+}
+
+// splitIPv4 cuts the IPv4 packet p (header and payload, exactly its total
+// length) into fragments of at most mtu bytes, calling emit with each
+// one's header and payload in order; emit must copy them. It returns the
+// number of fragments, or 0 if p cannot be cut (malformed options, an MTU
+// too small for its header).
+//
+// As RFC 791 §3.2 has it, every piece keeps p's header fields; its offset
+// is p's own plus where the piece starts, in 8-byte units; More Fragments
+// is set on every piece but the last, and on the last if p had it. The
+// first piece carries all of p's options, the others only those whose copy
+// flag is set, padded to a multiple of 4 bytes with End of Option List.
+func splitIPv4(p []byte, mtu int, emit func(hdr, payload []byte)) int {
+	ip := header.IPv4(p)
+	hl := int(ip.HeaderLength())
+	var first, rest [header.IPv4MaximumHeaderSize]byte
+	copy(first[:], p[:hl])
+	// The header of the pieces after the first.
+	restLen := copy(rest[:], p[:header.IPv4MinimumSize])
+	for i := header.IPv4MinimumSize; i < hl; {
+		switch t := p[i]; t {
+		case 0: // End of Option List
+			i = hl
+			continue
+		case 1: // No Operation: one byte, copy flag clear
+			i++
+			continue
+		}
+		if i+1 >= hl || p[i+1] < 2 || i+int(p[i+1]) > hl {
+			return 0
+		}
+		n := int(p[i+1])
+		if p[i]&0x80 != 0 {
+			restLen += copy(rest[restLen:], p[i:i+n])
+		}
+		i += n
+	}
+	restLen = (restLen + 3) &^ 3 // the padding is already 0
+	rest[0] = 4<<4 | byte(restLen/4)
+
+	// Every piece but the last carries a multiple of 8 bytes.
+	firstRoom, restRoom := (mtu-hl)&^7, (mtu-restLen)&^7
+	if firstRoom < 8 || restRoom < 8 {
+		return 0
+	}
+
+	payload := p[hl:]
+	base := int(ip.FragmentOffset()) // bytes
+	more := ip.More()
+	flags := ip.Flags() &^ header.IPv4FlagMoreFragments
+	pieces := 0
+	for off := 0; off < len(payload); {
+		hdr, room := first[:hl], firstRoom
+		if off > 0 {
+			hdr, room = rest[:restLen], restRoom
+		}
+		n := min(room, len(payload)-off)
+		f := flags
+		if more || off+n < len(payload) {
+			f |= header.IPv4FlagMoreFragments
+		}
+		h := header.IPv4(hdr)
+		h.SetFlagsFragmentOffset(f, uint16(base+off))
+		h.SetTotalLength(uint16(len(hdr) + n))
+		h.SetChecksum(0)
+		h.SetChecksum(^h.CalculateChecksum())
+		pieces++
+		emit(hdr, payload[off:off+n])
+		off += n
+	}
+	return pieces
+}
