@@ -1,5 +1,6 @@
 // Package endpointtest provides test doubles for endpoint: an in-memory
-// Transport pair that behaves like two connected UDP sockets.
+// Transport pair that behaves like two connected UDP sockets, with or
+// without the kernel's segmentation offloads.
 package endpointtest
 
 import (
@@ -14,23 +15,54 @@ import (
 // direction queues up to queueLen datagrams (0 means 4096); a write to a
 // full queue drops the datagram, as a full socket buffer does.
 func Pipe(a, b netip.AddrPort, queueLen int) (endpoint.Transport, endpoint.Transport) {
+	return pipe(a, b, queueLen, false)
+}
+
+// OffloadPipe is Pipe with the offloads of a UDP socket on loopback: a
+// write with a GSO size travels as one message and is read as one
+// coalesced message of datagrams of that size (UDP_SEGMENT and UDP_GRO,
+// which loopback never splits), and reads are marked verified, as behind
+// a checked UDP checksum: in memory nothing alters the bytes.
+func OffloadPipe(a, b netip.AddrPort, queueLen int) (endpoint.Transport, endpoint.Transport) {
+	return pipe(a, b, queueLen, true)
+}
+
+func pipe(a, b netip.AddrPort, queueLen int, offload bool) (endpoint.Transport, endpoint.Transport) {
 	if queueLen <= 0 {
 		queueLen = 4096
 	}
-	ab := make(chan []byte, queueLen)
-	ba := make(chan []byte, queueLen)
+	ab := make(chan datagram, queueLen)
+	ba := make(chan datagram, queueLen)
 	done := make(chan struct{})
 	var once sync.Once
 	closeAll := func() { once.Do(func() { close(done) }) }
 	pa := &pipeEnd{local: a, remote: b, out: ab, in: ba, done: done, close: closeAll}
 	pb := &pipeEnd{local: b, remote: a, out: ba, in: ab, done: done, close: closeAll}
+	if offload {
+		return &offloadEnd{pa}, &offloadEnd{pb}
+	}
 	return pa, pb
+}
+
+// datagram is one queued write: its bytes and, with offloads, the size of
+// the datagrams it holds back to back (0: one datagram).
+type datagram struct {
+	b   []byte
+	gso int
+}
+
+// offloadEnd is a pipeEnd that declares the offloads.
+type offloadEnd struct{ *pipeEnd }
+
+// Offloads implements endpoint.Offloader.
+func (*offloadEnd) Offloads() endpoint.Offloads {
+	return endpoint.Offloads{GSO: true, GRO: true, RXChecksum: true}
 }
 
 type pipeEnd struct {
 	local, remote netip.AddrPort
-	out           chan<- []byte
-	in            <-chan []byte
+	out           chan<- datagram
+	in            <-chan datagram
 	done          chan struct{}
 	close         func()
 }
@@ -56,7 +88,7 @@ func (p *pipeEnd) WriteBatch(msgs []endpoint.Message) (int, error) {
 		default:
 		}
 		select {
-		case p.out <- b:
+		case p.out <- datagram{b, msgs[i].GSOSize}:
 		default:
 			bufPool.Put(b) // queue full: dropped on the "wire"
 		}
@@ -67,27 +99,41 @@ func (p *pipeEnd) WriteBatch(msgs []endpoint.Message) (int, error) {
 // ReadBatch implements endpoint.Receiver.ReadBatch.
 func (p *pipeEnd) ReadBatch(msgs []endpoint.Message) (int, error) {
 	n := 0
-	fill := func(b []byte) {
+	fill := func(d datagram) {
 		m := &msgs[n]
-		m.N = copy(m.Buffers[0], b)
+		m.N = copy(m.Buffers[0], d.b)
 		m.Addr = p.remote
 		m.HasTOS = false
-		bufPool.Put(b[:0])
+		// Only an offloadEnd's writer sets a GSO size.
+		m.GSOSize, m.Verified = d.gso, false
+		bufPool.Put(d.b[:0])
 		n++
 	}
 	select {
-	case b := <-p.in:
-		fill(b)
+	case d := <-p.in:
+		fill(d)
 	case <-p.done:
 		return 0, endpoint.ErrClosed
 	}
 	for n < len(msgs) {
 		select {
-		case b := <-p.in:
-			fill(b)
+		case d := <-p.in:
+			fill(d)
 		default:
 			return n, nil
 		}
 	}
 	return n, nil
 }
+
+// ReadBatch implements endpoint.Receiver.ReadBatch: every read is verified.
+func (p *offloadEnd) ReadBatch(msgs []endpoint.Message) (int, error) {
+	n, err := p.pipeEnd.ReadBatch(msgs)
+	for i := range n {
+		msgs[i].Verified = true
+	}
+	return n, err
+}
+
+// Receivers implements endpoint.Transport.Receivers.
+func (p *offloadEnd) Receivers() []endpoint.Receiver { return []endpoint.Receiver{p} }
