@@ -157,7 +157,22 @@ type Config struct {
 	// is free. 0 means 4 MiB; otherwise 128 KiB to 1 GiB. See
 	// Stack.ReassemblyBytes.
 	ReassemblyMemory int
+	// UDPReceiveBuffer is the default receive buffer of the stack's UDP
+	// (and ICMP and raw) sockets, in bytes; 0 means 4 MiB. gVisor's own
+	// default, 212 KiB, overflows whenever the reading goroutine is not
+	// scheduled for a moment while the stack delivers a burst.
+	UDPReceiveBuffer int
 }
+
+// DefaultUDPReceiveBuffer is Config.UDPReceiveBuffer's default.
+const DefaultUDPReceiveBuffer = 4 << 20
+
+// nicQueueLen is the length of each tunnel NIC's queue, in packets. A UDP
+// socket blocks its writer once its send buffer (212 KiB, charged at about
+// 100 bytes per small datagram) is in flight; the queue must hold more
+// than that, or a fast writer's datagrams are dropped at the queue instead
+// of the writer being held back.
+const nicQueueLen = 4096
 
 // TCPOptions tune gVisor's TCP. Zero values pick the defaults noted.
 type TCPOptions struct {
@@ -236,6 +251,9 @@ func New(cfg Config) (_ *Stack, err error) {
 	if err := s.setupReassembly(&cfg, findFragState); err != nil {
 		return nil, err
 	}
+	if err := s.setUDPReceiveBuffer(cfg.UDPReceiveBuffer); err != nil {
+		return nil, err
+	}
 	if err := s.tuneTCP(cfg.TCP); err != nil {
 		return nil, err
 	}
@@ -304,6 +322,24 @@ func (s *Stack) tuneTCP(o TCPOptions) error {
 	}
 	return nil
 }
+
+// setUDPReceiveBuffer sets the default receive buffer of non-TCP sockets.
+func (s *Stack) setUDPReceiveBuffer(n int) error {
+	if n == 0 {
+		n = DefaultUDPReceiveBuffer
+	}
+	if n < gvstack.MinBufferSize || n > maxUDPReceiveBuffer {
+		return fmt.Errorf("stack: UDP receive buffer %d bytes: want %d to %d", n, gvstack.MinBufferSize, maxUDPReceiveBuffer)
+	}
+	opt := tcpip.ReceiveBufferSizeOption{Min: gvstack.MinBufferSize, Default: n, Max: max(n, gvstack.DefaultMaxBufferSize)}
+	if terr := s.gv.SetOption(opt); terr != nil {
+		return fmt.Errorf("stack: UDP receive buffer: %s", terr)
+	}
+	return nil
+}
+
+// maxUDPReceiveBuffer bounds Config.UDPReceiveBuffer.
+const maxUDPReceiveBuffer = 256 << 20
 
 func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 	tr := t.Conn
@@ -378,7 +414,7 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 	// One FIFO queue per NIC batches packets from many writers into one
 	// WritePackets call; when it is full, packets are dropped and TCP
 	// retransmits, as on a real NIC.
-	q := fifo.New(link, 1, 1024)
+	q := fifo.New(link, 1, nicQueueLen)
 	if terr := s.gv.CreateNICWithOptions(nic, link, gvstack.NICOptions{Name: t.Name, QDisc: q}); terr != nil {
 		ep.Close()
 		return fmt.Errorf("stack: tunnel %q: create NIC: %s", t.Name, terr)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -380,6 +381,7 @@ func TestConfigErrors(t *testing.T) {
 		{"family", func(c *stack.Config) { c.Tunnels[0].Remote = netip.MustParseAddrPort("[::1]:9") }, "different families"},
 		{"no port", func(c *stack.Config) { c.Tunnels[0].Remote = netip.MustParseAddrPort("127.0.0.1:0") }, "needs a UDP port"},
 		{"congestion", func(c *stack.Config) { c.TCP.CongestionControl = "bbr" }, "want reno or cubic"},
+		{"udp buffer", func(c *stack.Config) { c.UDPReceiveBuffer = 100 }, "UDP receive buffer 100 bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -525,5 +527,92 @@ func TestUDPWriteDeadline(t *testing.T) {
 	defer pc.Close()
 	if _, err := pc.WriteTo([]byte("x"), &net.UDPAddr{IP: net.ParseIP("192.0.2.1"), Port: 9}); !errors.Is(err, syscall.ENETUNREACH) {
 		t.Errorf("WriteTo an unroutable address = %v, want network is unreachable", err)
+	}
+}
+
+// TestUDPBurstWaitsForReader sends a burst of datagrams to a socket nobody
+// reads yet, far more than gVisor's default 212 KiB receive buffer holds:
+// with the stack's default they all wait, and arrive in order once read.
+func TestUDPBurstWaitsForReader(t *testing.T) {
+	const n, size = 1500, 1200 // 1.8 MB of payload
+	a, b := pipeTunnels("to-b", netip.MustParsePrefix("10.97.0.1/24"), "to-a", netip.MustParsePrefix("10.97.0.2/24"))
+	sa := newStack(t, stack.Config{Tunnels: []stack.Tunnel{a}})
+	sb := newStack(t, stack.Config{Tunnels: []stack.Tunnel{b}})
+	pc, err := sb.ListenPacket("udp4", "10.97.0.2:7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	c, err := sa.Dial("udp4", "10.97.0.2:7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := make([]byte, size)
+	udp := sb.GVisor().Stats().UDP
+	for i := range n {
+		binary.BigEndian.PutUint32(msg, uint32(i))
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if i%200 == 199 {
+			// Let the in-memory link (4096 datagrams) drain.
+			waitFor(t, "the burst to reach B's UDP", func() bool { return udp.PacketsReceived.Value() >= uint64(i+1) })
+		}
+	}
+	waitFor(t, "the burst to reach B's UDP", func() bool { return udp.PacketsReceived.Value() >= n })
+	if e := udp.ReceiveBufferErrors.Value(); e != 0 {
+		t.Fatalf("B's UDP dropped %d of %d datagrams for a full receive buffer", e, n)
+	}
+	buf := make([]byte, 2048)
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for i := range n {
+		k, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		if k != size || binary.BigEndian.Uint32(buf) != uint32(i) {
+			t.Fatalf("datagram %d: %d bytes, sequence %d", i, k, binary.BigEndian.Uint32(buf))
+		}
+	}
+}
+
+// TestUDPWriterHeldBackNotDropped writes small datagrams as fast as one
+// goroutine can over a real loopback tunnel: once the socket's send buffer
+// is in flight the writer must wait, not have its datagrams dropped at the
+// tunnel NIC's queue (which must hold more than one send buffer's worth).
+func TestUDPWriterHeldBackNotDropped(t *testing.T) {
+	p := newPair(t, "127.0.0.1", nil)
+	pc, err := p.b.ListenPacket("udp4", "10.99.0.2:7001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
+	c, err := p.a.Dial("udp4", "10.99.0.2:7001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 30000
+	msg := make([]byte, 64)
+	for range n {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := p.a.GVisor().Stats()
+	if d := st.NICs.TxPacketsDroppedNoBufferSpace.Value(); d != 0 {
+		t.Errorf("A's NIC queue dropped %d of %d datagrams; the writer should have been held back", d, n)
+	}
+	if sent := st.UDP.PacketsSent.Value(); sent < n {
+		t.Errorf("A's UDP sent %d of %d datagrams", sent, n)
 	}
 }
