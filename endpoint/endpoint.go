@@ -688,7 +688,7 @@ func (e *Endpoint) writeSuper(tb *txBatch, pkt *stack.PacketBuffer, mss int, rem
 	in, _ := encap.PeekInner(buf)
 	if e.offloads.GSO {
 		if tb.n == len(tb.msgs) {
-			e.flush(tb)
+			e.flushKeep(tb) // buf is in use: a flush would hand it out again
 		}
 		i := tb.n
 		m := &tb.msgs[i]
