@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -149,6 +150,11 @@ type Endpoint struct {
 	tooBigPending atomic.Int32
 	// frags holds first fragments until their UDP checksum is known (txcsum.go).
 	frags fragmentHold
+	// pmtu6 holds the path MTU of inner IPv6 destinations, and fragID
+	// numbers the packets that cutToPathMTU gives a Fragment header
+	// (pmtu6.go).
+	pmtu6  pmtuCache
+	fragID atomic.Uint32
 
 	stats counters
 
@@ -263,6 +269,7 @@ func New(opts Options) (*Endpoint, error) {
 	e.remote.Store(&remote)
 	e.SetAllowedSources(opts.AllowedSources)
 	e.ipID.Store(uint32(time.Now().UnixNano()))
+	e.fragID.Store(rand.Uint32())
 	e.txPool.New = func() any { return newTxBatch(e.batch) }
 	return e, nil
 }
@@ -538,6 +545,9 @@ func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtoc
 			encap.SetECN(inner, ecn)
 		}
 	}
+	if p.Proto == encap.ProtoIPv6 && p.Transport == uint8(header.ICMPv6ProtocolNumber) {
+		e.learnTooBig(inner) // a Packet Too Big's path MTU (pmtu6.go)
+	}
 	if newPeer {
 		peer := src // a copy: taking src's address would move it to the heap on every call
 		e.remote.Store(&peer)
@@ -599,9 +609,12 @@ type txBatch struct {
 	hdrs           [][encap.IPv6HeaderLen + encap.EncapLimitLen]byte
 	segs           [][MaxSegments][]byte
 	n              int // messages filled
-	// gso are buffers for segmented super-segments; gsoUsed are in use.
+	// gso are buffers for segmented super-segments and cut packets;
+	// gsoUsed are in use, and gsoFree bytes at the end of the last one in
+	// use are left for cut packets (pieceBuf).
 	gso     [][]byte
 	gsoUsed int
+	gsoFree int
 }
 
 func newTxBatch(n int) *txBatch {
@@ -624,7 +637,27 @@ func (tb *txBatch) gsoBuf() []byte {
 		tb.gso = append(tb.gso, make([]byte, 1<<17))
 	}
 	tb.gsoUsed++
+	tb.gsoFree = 0
 	return tb.gso[tb.gsoUsed-1]
+}
+
+// pieceBuf returns n bytes of buffer for the pieces of a cut packet, from
+// what is left of the last buffer in use if that is enough, or nil if the
+// batch holds maxGSOBuffers already and must be flushed first.
+func (tb *txBatch) pieceBuf(n int) []byte {
+	if n > tb.gsoFree {
+		if tb.gsoUsed == maxGSOBuffers {
+			return nil
+		}
+		tb.gsoFree = len(tb.gsoBuf())
+		if n > tb.gsoFree {
+			return nil
+		}
+	}
+	b := tb.gso[tb.gsoUsed-1]
+	off := len(b) - tb.gsoFree
+	tb.gsoFree -= n
+	return b[off : off+n : off+n]
 }
 
 // WritePackets implements stack.LinkEndpoint.WritePackets. Packets that
@@ -653,12 +686,7 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		} else if e.txChecksum(tb, pkt, remote, mtu) {
 			continue // queued or held back by txcsum.go
 		}
-		if tb.n == len(tb.msgs) {
-			e.flush(tb)
-		}
-		if e.encode(tb, tb.n, pkt, remote, mtu) {
-			tb.n++
-		}
+		e.queue(tb, pkt, remote, mtu)
 	}
 	e.flush(tb)
 	e.txPool.Put(tb)
@@ -703,28 +731,35 @@ func (e *Endpoint) writeSuper(tb *txBatch, pkt *stack.PacketBuffer, mss int, rem
 		return
 	}
 	for off := 0; off < n; off += segSize {
-		p := buf[off:min(off+segSize, n)]
-		if tb.n == len(tb.msgs) {
-			e.flushKeep(tb)
-		}
-		i := tb.n
-		m := &tb.msgs[i]
-		segs := tb.segs[i][:0]
-		if e.enc != nil {
-			hdr := tb.hdrs[i][:]
-			k, err := e.enc.EncodeHead(hdr, p, len(p), uint16(e.ipID.Add(1)))
-			if err != nil {
-				e.stats.drop(encap.NotIP)
-				continue
-			}
-			segs = append(segs, hdr[:k])
-		} else {
-			e.outerFields(m, in)
-		}
-		m.Buffers, m.Addr, m.GSOSize = append(segs, p), remote, 0
-		tb.packets[i], tb.bytes[i] = 1, len(p)
-		tb.n++
+		e.queuePiece(tb, buf[off:min(off+segSize, n)], remote)
 	}
+}
+
+// queuePiece queues p, one inner packet in a buffer of tb's (gsoBuf,
+// pieceBuf), as a message of its own. A full batch is sent first, its
+// buffers kept: the rest of p's buffer is still to be queued.
+func (e *Endpoint) queuePiece(tb *txBatch, p []byte, remote netip.AddrPort) {
+	if tb.n == len(tb.msgs) {
+		e.flushKeep(tb)
+	}
+	i := tb.n
+	m := &tb.msgs[i]
+	segs := tb.segs[i][:0]
+	if e.enc != nil {
+		hdr := tb.hdrs[i][:]
+		k, err := e.enc.EncodeHead(hdr, p, len(p), uint16(e.ipID.Add(1)))
+		if err != nil {
+			e.stats.drop(encap.NotIP)
+			return
+		}
+		segs = append(segs, hdr[:k])
+	} else {
+		in, _ := encap.PeekInner(p)
+		e.outerFields(m, in)
+	}
+	m.Buffers, m.Addr, m.GSOSize = append(segs, p), remote, 0
+	tb.packets[i], tb.bytes[i] = 1, len(p)
+	tb.n++
 }
 
 // outerFields sets the outer ToS and TTL that the kernel writes for a UDP
@@ -738,6 +773,20 @@ func (e *Endpoint) outerFields(m *Message, in encap.Inner) {
 	m.TTL = e.pol.TTL
 	if m.TTL == 0 {
 		m.TTL = in.TTL
+	}
+}
+
+// queue queues pkt: cut to its destination's path MTU (pmtu6.go) or as one
+// message pointing into pkt, sending the batch first if it is full.
+func (e *Endpoint) queue(tb *txBatch, pkt *stack.PacketBuffer, remote netip.AddrPort, mtu int) {
+	if e.cutToPathMTU(tb, pkt, remote, mtu) {
+		return
+	}
+	if tb.n == len(tb.msgs) {
+		e.flush(tb)
+	}
+	if e.encode(tb, tb.n, pkt, remote, mtu) {
+		tb.n++
 	}
 }
 
@@ -835,7 +884,7 @@ func fixPacketTooBig(pkt []byte) {
 // flush sends the queued messages and frees every buffer they used.
 func (e *Endpoint) flush(tb *txBatch) {
 	e.flushKeep(tb)
-	tb.gsoUsed = 0
+	tb.gsoUsed, tb.gsoFree = 0, 0
 }
 
 // flushKeep sends the queued messages but keeps the GSO buffers in use, for

@@ -14,6 +14,9 @@ type counters struct {
 	rxPackets, rxBytes atomic.Uint64
 	txPackets, txBytes atomic.Uint64
 	rxCoalesced        atomic.Uint64
+	pmtuLearned        atomic.Uint64
+	pmtuCut            atomic.Uint64
+	pmtuPieces         atomic.Uint64
 	drops              [encap.NumReasons]atomic.Uint64
 	lastSeen           atomic.Int64 // unix nanoseconds of the last datagram read
 }
@@ -29,6 +32,13 @@ type Stats struct {
 	// RxCoalesced counts the received packets (of RxPackets) that reached
 	// the stack merged with others into one TCP segment (coalesce.go).
 	RxCoalesced uint64
+	// PathMTULearned counts the ICMPv6 Packet Too Big messages that set or
+	// lowered the path MTU of an inner IPv6 destination (pmtu6.go).
+	PathMTULearned uint64
+	// PathMTUCut counts the IPv6 packets sent cut to fit their
+	// destination's path MTU, and PathMTUPieces the fragments they were
+	// cut into (also counted in TxPackets).
+	PathMTUCut, PathMTUPieces uint64
 	// Drops counts dropped packets by reason, indexed by encap.Reason.
 	Drops [encap.NumReasons]uint64
 	// LastSeen is when the last datagram arrived (valid or not); zero if
@@ -56,6 +66,10 @@ func (e *Endpoint) Stats() Stats {
 		TxBytes:     e.stats.txBytes.Load(),
 		RxCoalesced: e.stats.rxCoalesced.Load(),
 		Peer:        e.Remote(),
+
+		PathMTULearned: e.stats.pmtuLearned.Load(),
+		PathMTUCut:     e.stats.pmtuCut.Load(),
+		PathMTUPieces:  e.stats.pmtuPieces.Load(),
 	}
 	for i := range s.Drops {
 		s.Drops[i] = e.stats.drops[i].Load()

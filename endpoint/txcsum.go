@@ -316,14 +316,3 @@ func (e *Endpoint) addFragment(tb *txBatch, pkt *stack.PacketBuffer, f *l3Info, 
 	first.DecRef()
 	return true
 }
-
-// queue encodes pkt into the next message of tb, sending the batch first
-// if it is full.
-func (e *Endpoint) queue(tb *txBatch, pkt *stack.PacketBuffer, remote netip.AddrPort, mtu int) {
-	if tb.n == len(tb.msgs) {
-		e.flush(tb)
-	}
-	if e.encode(tb, tb.n, pkt, remote, mtu) {
-		tb.n++
-	}
-}

@@ -51,10 +51,16 @@ import (
 //
 // IPv6 routers do not fragment (RFC 8200 §4.5): gVisor answers an IPv6
 // packet too big for the next link with Packet Too Big. gVisor's UDP,
-// though, ignores Packet Too Big and keeps no path MTU per destination, so
-// a sender's UDP datagrams that its own stack fragments for a wider first
-// link are refused at the narrow hop every time; TCP adapts its segment
-// size.
+// though, ignores Packet Too Big and keeps no path MTU per destination, and
+// its IPv6 fragments to the NIC MTU only, so a sender's UDP datagrams that
+// its own stack fragments for a wider first link would be refused at the
+// narrow hop every time (TCP adapts its segment size). The sender's tunnel
+// endpoint therefore keeps the path MTU cache that gVisor lacks
+// (endpoint/pmtu6.go): it learns a destination's MTU from the Packet Too
+// Big it passes to the stack, and cuts the IPv6 packets, other than TCP,
+// that the stack then sends there into fragments that fit. The datagram
+// that drew the Packet Too Big is lost, and the ones after it arrive. A
+// router's forwarded packets are never cut.
 
 // ForwardStats counts what a forwarding stack did to packets on their way
 // through, beyond gVisor's own counters (GVisor().Stats().IP.Forwarding).

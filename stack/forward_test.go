@@ -276,42 +276,88 @@ func TestForwardFragmentsUntouched(t *testing.T) {
 
 // TestForwardIPv6TooBig sends the same datagram from S1 to S3 over IPv6.
 // Routers do not fragment IPv6 (RFC 8200 §4.5): S2 refuses each 1472-byte
-// fragment with Packet Too Big. gVisor's UDP ignores Packet Too Big and
-// keeps no path MTU per destination (udp endpoint HandleError), so a
-// datagram sent after that is fragmented for 1472 again and refused again.
-// The test pins that: a gVisor that learns the path MTU for UDP makes the
-// second datagram arrive, and the test then should expect it to.
+// fragment with Packet Too Big (MTU 1280), and the first datagram is lost.
+// gVisor's UDP ignores Packet Too Big (udp endpoint HandleError), but S1's
+// tunnel endpoint learns the path MTU to S3 from it (endpoint/pmtu6.go)
+// and cuts the fragments gVisor still makes for 1472 bytes into fragments
+// of the same datagram that fit 1280: the second datagram arrives byte for
+// byte, and S2 refuses none of it.
 func TestForwardIPv6TooBig(t *testing.T) {
 	c := newFwdChain(t)
-	dst := netip.AddrPortFrom(c.addr(2, true), 9)
+	s3 := c.addr(2, true)
+	dst := netip.AddrPortFrom(s3, 9)
+	ep := c.s[0].Endpoint("right")
 	pc, err := c.s[2].ListenPacket("udp", dst.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	for i := range 2 {
-		msg := randomBytes(t, 30000)
-		tooBig0, _ := tooBigSent(c.s[1], true)
-		rcvd0 := c.s[0].GVisor().Stats().ICMP.V6.PacketsReceived.PacketTooBig.Value()
-		sendNoDF(t, c.s[0], dst, msg)
-		waitFor(t, "S1 to receive Packet Too Big", func() bool {
-			return c.s[0].GVisor().Stats().ICMP.V6.PacketsReceived.PacketTooBig.Value() > rcvd0
-		})
-		got := recvOne(pc, 500*time.Millisecond)
-		tooBig1, _ := tooBigSent(c.s[1], true)
-		wide := c.wide.take()
-		largest := 0
-		for _, f := range wide {
-			largest = max(largest, f.size)
+
+	// The first datagram: refused at S2, and S1 learns from it.
+	msg := randomBytes(t, 30000)
+	tooBig0, _ := tooBigSent(c.s[1], true)
+	rcvd0 := c.s[0].GVisor().Stats().ICMP.V6.PacketsReceived.PacketTooBig.Value()
+	sendNoDF(t, c.s[0], dst, msg)
+	waitFor(t, "S1 to receive Packet Too Big", func() bool {
+		return c.s[0].GVisor().Stats().ICMP.V6.PacketsReceived.PacketTooBig.Value() > rcvd0
+	})
+	if got := recvOne(pc, 500*time.Millisecond); got != nil {
+		t.Errorf("datagram 1 arrived (%d bytes), though S2 refused its fragments", len(got))
+	}
+	quiesce(t, c.s[1])
+	tooBig1, _ := tooBigSent(c.s[1], true)
+	t.Logf("datagram 1: S1 sent %d packets, S2 sent %d Packet Too Big", len(c.wide.take()), tooBig1-tooBig0)
+	if tooBig1 == tooBig0 {
+		t.Errorf("datagram 1: S2 sent no Packet Too Big")
+	}
+	if mtu := ep.DestinationMTU(s3); mtu != 1280 {
+		t.Errorf("S1's path MTU to %v = %d, want 1280", s3, mtu)
+	}
+	if n := ep.Stats().PathMTULearned; n == 0 {
+		t.Errorf("S1's Stats().PathMTULearned = 0")
+	}
+	c.narrow.take()
+
+	// The second datagram: cut to fit by S1, forwarded as it is by S2.
+	msg = randomBytes(t, 30000)
+	cut0 := ep.Stats().PathMTUCut
+	sendNoDF(t, c.s[0], dst, msg)
+	got := recvOne(pc, 2*time.Second)
+	if got == nil {
+		t.Fatalf("datagram 2 did not arrive")
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("datagram 2: %d bytes arrived, not the 30000 sent", len(got))
+	}
+	quiesce(t, c.s[1])
+	var wide []wirePacket
+	for _, p := range c.wide.take() {
+		if p.v6 && p.proto == 17 && p.fragment {
+			wide = append(wide, p)
 		}
-		t.Logf("datagram %d: S1 sent %d fragments of up to %d bytes, S2 sent %d Packet Too Big", i+1, len(wide), largest, tooBig1-tooBig0)
-		if tooBig1 == tooBig0 {
-			t.Errorf("datagram %d: S2 sent no Packet Too Big", i+1)
-		}
-		if got != nil {
-			t.Errorf("datagram %d arrived (%d bytes, intact: %v): gVisor's UDP now heeds Packet Too Big; make this test expect it",
-				i+1, len(got), bytes.Equal(got, msg))
-		}
+	}
+	// checkTiling also checks that none is bigger than 1280.
+	checkTiling(t, wide, 8+len(msg), 1280)
+	// gVisor fragments for 1472, 1424 data bytes a fragment; S1's endpoint
+	// cuts each into pieces of up to 1232 (1280 - 48).
+	want := 0
+	for off := 0; off < 8+len(msg); off += 1424 {
+		want += (min(1424, 8+len(msg)-off) + 1231) / 1232
+	}
+	if len(wide) != want {
+		t.Errorf("S1 sent %d fragments of datagram 2, want %d", len(wide), want)
+	}
+	if n := ep.Stats().PathMTUCut - cut0; n == 0 {
+		t.Errorf("S1's Stats().PathMTUCut did not grow")
+	}
+	if narrow := c.narrow.take(); len(narrow) != len(wide) {
+		t.Errorf("S2 sent %d packets to S3, want the %d fragments S1 sent", len(narrow), len(wide))
+	}
+	if tooBig2, _ := tooBigSent(c.s[1], true); tooBig2 != tooBig1 {
+		t.Errorf("datagram 2: S2 sent %d Packet Too Big", tooBig2-tooBig1)
+	}
+	if n := c.s[2].GVisor().Stats().UDP.ChecksumErrors.Value(); n != 0 {
+		t.Errorf("S3: %d UDP checksum errors", n)
 	}
 	if st := c.s[1].ForwardStats(); st.Refragmented != 0 {
 		t.Errorf("S2 refragmented %d IPv6 packets; routers must not", st.Refragmented)
