@@ -396,18 +396,23 @@ func (e *Endpoint) receive(r Receiver) {
 	defer e.wg.Done()
 	msgs := make([]Message, e.batch)
 	bufs := make([][1][]byte, e.batch)
-	// The receive buffers are gVisor views, so that coalesced packets
-	// can point into them (coalesce.go); a buffer that a delivered packet
-	// still points into is replaced after the batch.
+	// A receive buffer that has held a coalesced read becomes a gVisor
+	// view, so that merged packets can point into it (coalesce.go); a
+	// view that a delivered packet still points into is replaced after
+	// the batch. Until then it is plain memory, which stays out of the
+	// resident set until a datagram lands in it: gVisor zeroes every
+	// chunk it hands out, and 64 views of 64 KiB per socket would add
+	// megabytes to an idle process.
 	views := make([]*buffer.View, e.batch)
 	for i := range msgs {
-		views[i] = buffer.NewViewSize(recvBufSize)
-		bufs[i][0] = views[i].AsSlice()
+		bufs[i][0] = make([]byte, recvBufSize)
 		msgs[i].Buffers = bufs[i][:]
 	}
 	defer func() {
 		for _, v := range views {
-			v.Release()
+			if v != nil {
+				v.Release()
+			}
 		}
 	}()
 	// gd coalesces TCP segments (gVisor GRO) and hands them to fix, which
@@ -452,7 +457,13 @@ func (e *Endpoint) receive(r Receiver) {
 		for i := 0; i < n; i++ {
 			m := &msgs[i]
 			if m.GSOSize > 0 && m.GSOSize < m.N {
-				if e.deliverCoalesced(target, m, &seg, views[i]) {
+				if views[i] == nil {
+					// Plain memory: deliver copies, and read into a
+					// view from now on.
+					e.deliverCoalesced(target, m, &seg, nil)
+					views[i] = buffer.NewViewSize(recvBufSize)
+					bufs[i][0] = views[i].AsSlice()
+				} else if e.deliverCoalesced(target, m, &seg, views[i]) {
 					views[i].Release()
 					views[i] = buffer.NewViewSize(recvBufSize)
 					bufs[i][0] = views[i].AsSlice()
