@@ -62,8 +62,8 @@ const (
 	minBufferSize             = 4 << 10
 	maxBufferSize             = 1 << 30
 	minReassemblyMemory       = 128 << 10 // one maximal datagram must fit, as gVisor counts it.
-	maxSOCKS5CredentialLength = 255      // RFC 1929: ULEN and PLEN are one octet.
-	maxInterfaceName          = 15       // Linux IFNAMSIZ minus the NUL.
+	maxSOCKS5CredentialLength = 255       // RFC 1929: ULEN and PLEN are one octet.
+	maxInterfaceName          = 15        // Linux IFNAMSIZ minus the NUL.
 )
 
 // Config is a whole ipipstack configuration file. Parse returns it fully
