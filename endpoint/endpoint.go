@@ -148,8 +148,9 @@ type Endpoint struct {
 	closed  atomic.Bool
 	// tooBigPending counts ICMP errors on their way into the stack (pmtu.go).
 	tooBigPending atomic.Int32
-	// frags holds first fragments until their UDP checksum is known (txcsum.go).
-	frags fragmentHold
+	// tx completes the checksums of the packets the stack sends, holding
+	// first fragments until their UDP checksum is known (txcsum.go).
+	tx TXChecksummer
 	// pmtu6 holds the path MTU of inner IPv6 destinations, and fragID
 	// numbers the packets that cutToPathMTU gives a Fragment header
 	// (pmtu6.go).
@@ -382,7 +383,7 @@ func (e *Endpoint) Close() {
 	}
 	e.tr.Close()
 	e.wg.Wait()
-	e.frags.release()
+	e.tx.Release()
 }
 
 // recvBufSize is the size of a receive buffer: the largest datagram, or

@@ -25,20 +25,10 @@ import (
 //
 // With the offload declared, gVisor leaves the TCP and UDP checksums of the
 // packets it originates at 0 (tcp/connect.go buildTCPHdr, udp/endpoint.go
-// write) and the endpoint completes them here, before encapsulation:
-//   - a forwarded packet (NetworkPacketInfo.IsForwardedPacket) leaves as it
-//     came;
-//   - a host GSO packet (offload.go) has its checksum finished by
-//     WritePackets or writeSuper, not here;
-//   - a whole TCP or UDP packet gets its checksum (a UDP checksum that
-//     comes out 0 is sent as 0xffff, RFC 768);
-//   - a UDP datagram that gVisor fragmented (larger than the MTU) carries in its first fragment a checksum over
-//     all of them: the endpoint holds the first fragment back, sums the
-//     data of the fragments that follow and sends the first fragment,
-//     completed, right after the last one. Receivers reassemble fragments
-//     in any order (Linux sent them last to first for years);
-//   - ICMP, which gVisor always checksums, and every other protocol are
-//     left alone.
+// write), and a TXChecksummer completes them before encapsulation. Other
+// link endpoints can do the same: a forwarding stack (package stack) wraps
+// each link added with AddLink that lacks the offload, such as a TUN
+// device, in one that declares it and uses a TXChecksummer too.
 //
 // A capture taken above the endpoint (gVisor's sniffer) sees packets
 // before this, so locally sent TCP and UDP show checksum 0 there, as
@@ -65,28 +55,82 @@ type heldFragment struct {
 	age          uint64
 }
 
-// fragmentHold keeps the first fragments of locally sent UDP datagrams
-// until their checksum is known.
-type fragmentHold struct {
+// TXChecksummer completes the TCP and UDP checksums of the packets a gVisor
+// stack writes to a link endpoint that declares
+// stack.CapabilityTXChecksumOffload, which the stack then leaves at 0. The
+// link endpoint passes each packet of WritePackets to Complete before it
+// sends it, and sends what Complete says:
+//   - a forwarded packet (NetworkPacketInfo.IsForwardedPacket) leaves as it
+//     came;
+//   - a host GSO packet (GSOOptions.Type set) is left alone: its checksum
+//     is the link endpoint's to finish as it segments it;
+//   - a whole TCP or UDP packet gets its checksum (a UDP checksum that
+//     comes out 0 is sent as 0xffff, RFC 768);
+//   - a UDP datagram that gVisor fragmented (larger than the MTU) carries
+//     in its first fragment a checksum over all of them: the first fragment
+//     is held back (TXHeld) while the data of the fragments that follow is
+//     summed, and comes back, completed, with the last one
+//     (TXSendWithFirst), to be sent right after it. Receivers reassemble
+//     fragments in any order (Linux sent them last to first for years). If
+//     a fragment in between never comes, the datagram cannot be completed
+//     and its first fragment is dropped: Complete reports it, for the
+//     caller to count. At most maxHeldFragments datagrams are held at once;
+//     the oldest makes room;
+//   - ICMP, which gVisor always checksums, and every other protocol are
+//     left alone.
+//
+// The zero value is ready to use. Its methods are safe for concurrent use;
+// a datagram's fragments must reach Complete in the order gVisor wrote
+// them.
+type TXChecksummer struct {
 	// mu guards the fields below. It is taken for fragments only.
 	mu    sync.Mutex
 	slots [maxHeldFragments]heldFragment
 	clock uint64
 }
 
-// release drops every held fragment.
-func (h *fragmentHold) release() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for i := range h.slots {
-		if h.slots[i].pkt != nil {
-			h.slots[i].pkt.DecRef()
+// TXVerdict is what TXChecksummer.Complete tells its caller to send.
+type TXVerdict uint8
+
+const (
+	// TXSend: send the packet.
+	TXSend TXVerdict = iota
+	// TXHeld: send nothing now; the checksummer holds the packet, the
+	// first fragment of a UDP datagram, with a reference of its own.
+	TXHeld
+	// TXSendWithFirst: send the packet, the last fragment of its
+	// datagram, and right after it the datagram's first fragment,
+	// completed, that Complete returned.
+	TXSendWithFirst
+)
+
+// String returns the verdict's name.
+func (v TXVerdict) String() string {
+	switch v {
+	case TXSend:
+		return "send"
+	case TXHeld:
+		return "held"
+	case TXSendWithFirst:
+		return "send with first"
+	}
+	return "unknown"
+}
+
+// Release drops every held fragment. The checksummer can be used again
+// afterwards.
+func (c *TXChecksummer) Release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.slots {
+		if c.slots[i].pkt != nil {
+			c.slots[i].pkt.DecRef()
 		}
-		h.slots[i] = heldFragment{}
+		c.slots[i] = heldFragment{}
 	}
 }
 
-// l3Info is what txChecksum needs of an IP header.
+// l3Info is what Complete needs of an IP header.
 type l3Info struct {
 	v6       bool
 	proto    tcpip.TransportProtocolNumber
@@ -100,7 +144,7 @@ func (f *l3Info) fragment() bool { return f.more || f.offset != 0 }
 
 // parseL3 reads the IPv4 header, or the IPv6 header and a Fragment header
 // right after it, of a packet gVisor built. It reports false for anything
-// else, which txChecksum then leaves alone.
+// else, which Complete then leaves alone.
 func parseL3(b []byte) (f l3Info, ok bool) {
 	if len(b) == 0 {
 		return f, false
@@ -162,26 +206,53 @@ func l4Sum(pkt *stack.PacketBuffer) (sum uint16, n int) {
 	return checksum.Combine(checksum.Checksum(th, 0), pkt.Data().Checksum()), len(th) + pkt.Data().Size()
 }
 
-// txChecksum completes the transport checksum of a packet gVisor wrote
-// without one (see the comment at the top of the file). It reports whether
-// it has queued or held pkt itself; if not, the caller sends pkt.
-func (e *Endpoint) txChecksum(tb *txBatch, pkt *stack.PacketBuffer, remote netip.AddrPort, mtu int) bool {
-	if pkt.NetworkPacketInfo.IsForwardedPacket {
-		return false
+// Complete completes the transport checksum of pkt, a packet the stack
+// wrote, in place, and reports what to send (see TXChecksummer). The
+// caller keeps its reference to pkt; a held pkt gets one of the
+// checksummer's. first is set with TXSendWithFirst only, and its reference
+// passes to the caller, which drops it once first has been sent (or
+// copied). dropped reports that a held first fragment was dropped, its
+// datagram incomplete, for the caller to count as a send error.
+func (c *TXChecksummer) Complete(pkt *stack.PacketBuffer) (v TXVerdict, first *stack.PacketBuffer, dropped bool) {
+	if pkt.NetworkPacketInfo.IsForwardedPacket || pkt.GSOOptions.Type != stack.GSONone {
+		return TXSend, nil, false
 	}
 	f, ok := parseL3(pkt.NetworkHeader().Slice())
 	if !ok {
-		return false
+		return TXSend, nil, false
 	}
 	switch {
 	case !f.fragment():
 		completeChecksum(pkt, &f)
-		return false
+		return TXSend, nil, false
 	case f.offset == 0:
-		return e.holdFirstFragment(pkt, &f)
+		return c.holdFirstFragment(pkt, &f)
 	default:
-		return e.addFragment(tb, pkt, &f, remote, mtu)
+		return c.addFragment(pkt, &f)
 	}
+}
+
+// txChecksum completes the transport checksum of a packet gVisor wrote
+// without one (TXChecksummer.Complete). It reports whether it has queued
+// or held pkt itself; if not, the caller sends pkt.
+func (e *Endpoint) txChecksum(tb *txBatch, pkt *stack.PacketBuffer, remote netip.AddrPort, mtu int) bool {
+	v, first, dropped := e.tx.Complete(pkt)
+	if dropped {
+		e.stats.drop(encap.SendError)
+	}
+	switch v {
+	case TXHeld:
+		return true
+	case TXSendWithFirst:
+		e.queue(tb, pkt, remote, mtu)
+		e.queue(tb, first, remote, mtu)
+		// The queued message points into first: send it before
+		// dropping the reference.
+		e.flush(tb)
+		first.DecRef()
+		return true
+	}
+	return false
 }
 
 // completeChecksum computes the TCP or UDP checksum of a whole packet.
@@ -219,32 +290,31 @@ func finalChecksum(proto tcpip.TransportProtocolNumber, sum uint16) uint16 {
 	return c
 }
 
-// holdFirstFragment holds the first fragment of a UDP datagram that has no
-// checksum yet and reports whether it did.
-func (e *Endpoint) holdFirstFragment(pkt *stack.PacketBuffer, f *l3Info) bool {
+// holdFirstFragment holds pkt, a first fragment, if its datagram is UDP
+// and has no checksum yet.
+func (c *TXChecksummer) holdFirstFragment(pkt *stack.PacketBuffer, f *l3Info) (v TXVerdict, first *stack.PacketBuffer, dropped bool) {
 	if f.proto != header.UDPProtocolNumber {
-		return false
+		return TXSend, nil, false
 	}
 	u, _, ok := l4Header(pkt, header.UDPMinimumSize)
 	if !ok || binary.BigEndian.Uint16(u[udpChecksumOffset:]) != 0 {
-		return false // a checksum of the sender's own (a raw socket's, say)
+		return TXSend, nil, false // a checksum of the sender's own (a raw socket's, say)
 	}
 	udpLen := int(binary.BigEndian.Uint16(u[4:]))
 	sum, n := l4Sum(pkt)
 	// Every fragment but the last carries a multiple of 8 bytes (RFC 791
 	// §3.2, RFC 8200 §4.5), so the sums of the fragments combine.
 	if n%8 != 0 || n >= udpLen {
-		return false
+		return TXSend, nil, false
 	}
 	sum = checksum.Combine(sum, header.PseudoHeaderChecksum(header.UDPProtocolNumber, f.src, f.dst, uint16(udpLen)))
 
-	h := &e.frags
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.clock++
-	slot := &h.slots[0]
-	for i := range h.slots {
-		s := &h.slots[i]
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.clock++
+	slot := &c.slots[0]
+	for i := range c.slots {
+		s := &c.slots[i]
 		if s.pkt == nil {
 			slot = s
 			break
@@ -257,33 +327,32 @@ func (e *Endpoint) holdFirstFragment(pkt *stack.PacketBuffer, f *l3Info) bool {
 		// Its datagram lost a fragment on the way: it cannot be
 		// completed.
 		slot.pkt.DecRef()
-		e.stats.drop(encap.SendError)
+		dropped = true
 	}
 	*slot = heldFragment{pkt: pkt.IncRef(), v6: f.v6, src: f.src, dst: f.dst, id: f.id,
-		sum: sum, next: n, udpLen: udpLen, age: h.clock}
-	return true
+		sum: sum, next: n, udpLen: udpLen, age: c.clock}
+	return TXHeld, nil, dropped
 }
 
 // addFragment adds a later fragment to the sum of its held first fragment,
-// if there is one, and reports whether it queued pkt itself: when pkt is
-// the last fragment, it queues pkt and then the completed first fragment.
-func (e *Endpoint) addFragment(tb *txBatch, pkt *stack.PacketBuffer, f *l3Info, remote netip.AddrPort, mtu int) bool {
+// if there is one. When pkt is the last fragment, or follows a gap, the
+// datagram ends: its first fragment comes back completed, or is dropped.
+func (c *TXChecksummer) addFragment(pkt *stack.PacketBuffer, f *l3Info) (v TXVerdict, first *stack.PacketBuffer, dropped bool) {
 	if f.proto != header.UDPProtocolNumber {
-		return false
+		return TXSend, nil, false
 	}
-	h := &e.frags
-	h.mu.Lock()
+	c.mu.Lock()
 	var slot *heldFragment
-	for i := range h.slots {
-		s := &h.slots[i]
+	for i := range c.slots {
+		s := &c.slots[i]
 		if s.pkt != nil && s.id == f.id && s.v6 == f.v6 && s.src == f.src && s.dst == f.dst {
 			slot = s
 			break
 		}
 	}
 	if slot == nil {
-		h.mu.Unlock()
-		return false
+		c.mu.Unlock()
+		return TXSend, nil, false
 	}
 	sum, n := l4Sum(pkt)
 	complete := false
@@ -291,28 +360,22 @@ func (e *Endpoint) addFragment(tb *txBatch, pkt *stack.PacketBuffer, f *l3Info, 
 		slot.sum = checksum.Combine(slot.sum, sum)
 		slot.next += n
 		if f.more {
-			h.mu.Unlock()
-			return false
+			c.mu.Unlock()
+			return TXSend, nil, false
 		}
 		complete = slot.next == slot.udpLen
 	}
 	// The last fragment, or one after a gap: the datagram ends here.
 	first, total := slot.pkt, slot.sum
 	*slot = heldFragment{}
-	h.mu.Unlock()
+	c.mu.Unlock()
 
-	e.queue(tb, pkt, remote, mtu)
 	if complete {
 		if u, _, ok := l4Header(first, header.UDPMinimumSize); ok {
 			binary.BigEndian.PutUint16(u[udpChecksumOffset:], finalChecksum(header.UDPProtocolNumber, total))
-			e.queue(tb, first, remote, mtu)
-			// The queued message points into first: send it before
-			// dropping the hold's reference.
-			e.flush(tb)
+			return TXSendWithFirst, first, false
 		}
-	} else {
-		e.stats.drop(encap.SendError)
 	}
 	first.DecRef()
-	return true
+	return TXSend, nil, true
 }

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/ipipstack/ipipstack/endpoint"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -25,7 +26,12 @@ import (
 //     repairs a packet corrupted on the way, which a router must pass on.
 //     The tunnel endpoint therefore declares TX checksum offload and
 //     completes the checksums of the packets the stack itself sends
-//     (endpoint/txcsum.go), and forwarded packets leave as they came.
+//     (endpoint.TXChecksummer, endpoint/txcsum.go), and forwarded packets
+//     leave as they came. A link added with AddLink (the TUN device,
+//     gVisor's fdbased) declares no offload of its own: its forwardLink
+//     (see 2) declares it instead and completes the checksums with an
+//     endpoint.TXChecksummer before the link writes the packets, so
+//     that forwarded packets leave the TUN device as they came too.
 //  2. An IPv4 router that has to cut a packet which is already a fragment
 //     (handleFragments, buildNextFragment) numbers the pieces from offset
 //     0 and sets More Fragments only on the pieces it cut, not after them:
@@ -73,21 +79,27 @@ type ForwardStats struct {
 	// TTLExpired is the IPv4 packets to be forwarded that arrived with TTL
 	// 1 and were discarded with Time Exceeded.
 	TTLExpired uint64
+	// IncompleteDatagrams is the fragmented UDP datagrams the stack itself
+	// sent out of a link without TX checksum offload (AddLink) whose first
+	// fragment, held back until the others had been summed (bug 1), was
+	// dropped because a later fragment never came.
+	IncompleteDatagrams uint64
 }
 
 // ForwardStats returns the counters of forwarding; they stay zero unless
 // Config.Forwarding is set.
 func (s *Stack) ForwardStats() ForwardStats {
 	return ForwardStats{
-		Refragmented: s.fwd.refragmented.Load(),
-		Fragments:    s.fwd.fragments.Load(),
-		TTLExpired:   s.fwd.ttlExpired.Load(),
+		Refragmented:        s.fwd.refragmented.Load(),
+		Fragments:           s.fwd.fragments.Load(),
+		TTLExpired:          s.fwd.ttlExpired.Load(),
+		IncompleteDatagrams: s.fwd.incomplete.Load(),
 	}
 }
 
 // forwarding is the state of a forwarding stack's forwardLinks.
 type forwarding struct {
-	refragmented, fragments, ttlExpired atomic.Uint64
+	refragmented, fragments, ttlExpired, incomplete atomic.Uint64
 
 	// mu serializes changes to links, which is replaced whole and read
 	// on the data path without it.
@@ -113,13 +125,17 @@ func (f *forwarding) minMTU() int {
 
 // wrapForwarding returns ep wrapped in a forwardLink if s forwards, and ep
 // itself otherwise. The wrapper passes every call but DeliverNetworkPacket
-// through to ep (nested.Endpoint: MTU, capabilities, GSO and Close
-// included).
+// through to ep (nested.Endpoint: MTU, GSO and Close included), and, if ep
+// lacks TX checksum offload (a TUN device; not a tunnel endpoint, which
+// has it), Capabilities and WritePackets too.
 func (s *Stack) wrapForwarding(ep gvstack.LinkEndpoint) gvstack.LinkEndpoint {
 	if !s.forwarding {
 		return ep
 	}
 	l := &forwardLink{s: s}
+	if ep.Capabilities()&gvstack.CapabilityTXChecksumOffload == 0 {
+		l.tx = new(endpoint.TXChecksummer)
+	}
 	l.Endpoint.Init(ep, l)
 	s.fwd.mu.Lock()
 	var links []*forwardLink
@@ -134,10 +150,15 @@ func (s *Stack) wrapForwarding(ep gvstack.LinkEndpoint) gvstack.LinkEndpoint {
 
 // forwardLink is the link endpoint of one NIC of a forwarding stack, around
 // the NIC's own: it works around gVisor's IPv4 forwarding bugs 2 and 3
-// (see above) on the packets the NIC receives.
+// (see above) on the packets the NIC receives, and bug 1 on the packets it
+// sends if the NIC's own lacks TX checksum offload.
 type forwardLink struct {
 	nested.Endpoint
 	s *Stack
+	// tx, set if the NIC's own link endpoint lacks TX checksum offload,
+	// completes the checksums of the packets the stack sends (bug 1).
+	// Read-only after wrapForwarding.
+	tx *endpoint.TXChecksummer
 }
 
 var (
@@ -145,6 +166,81 @@ var (
 	_ gvstack.GSOEndpoint       = (*forwardLink)(nil)
 	_ gvstack.NetworkDispatcher = (*forwardLink)(nil)
 )
+
+// Capabilities implements stack.LinkEndpoint.Capabilities: the NIC's own,
+// with TX checksum offload if the forwardLink completes checksums.
+func (l *forwardLink) Capabilities() gvstack.LinkEndpointCapabilities {
+	c := l.Endpoint.Capabilities()
+	if l.tx != nil {
+		c |= gvstack.CapabilityTXChecksumOffload
+	}
+	return c
+}
+
+// sendLists recycles the packet lists of forwardLink.WritePackets.
+var sendLists = sync.Pool{New: func() any { return new(gvstack.PacketBufferList) }}
+
+// WritePackets implements stack.LinkEndpoint.WritePackets. If the
+// forwardLink completes checksums, it does so for each packet of pkts
+// before the NIC's own link endpoint writes them (bug 1): that one is
+// handed pkts as they are unless a packet is held or a held first
+// fragment is due, and otherwise a list of its own, which holds a
+// reference to each of its packets until the write returns. The count
+// returned is len(pkts) if every packet handed over was written, and
+// otherwise the number written, at most len(pkts). The caller keeps its
+// references to pkts.
+func (l *forwardLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
+	if l.tx == nil {
+		return l.Endpoint.WritePackets(pkts)
+	}
+	all := pkts.AsSlice()
+	var out *gvstack.PacketBufferList // nil while all go out as they are
+	for i, pkt := range all {
+		v, first, dropped := l.tx.Complete(pkt)
+		if dropped {
+			l.s.fwd.incomplete.Add(1)
+		}
+		if v == endpoint.TXSend && out == nil {
+			continue
+		}
+		if out == nil {
+			out = sendLists.Get().(*gvstack.PacketBufferList)
+			for _, p := range all[:i] {
+				out.PushBack(p.IncRef())
+			}
+		}
+		if v != endpoint.TXHeld {
+			out.PushBack(pkt.IncRef())
+		}
+		if first != nil {
+			out.PushBack(first) // with the reference Complete passed on
+		}
+	}
+	if out == nil {
+		return l.Endpoint.WritePackets(pkts)
+	}
+	defer func() {
+		out.Reset() // drops out's references
+		sendLists.Put(out)
+	}()
+	if out.Len() == 0 {
+		return len(all), nil
+	}
+	n, err := l.Endpoint.WritePackets(*out)
+	if n == out.Len() {
+		n = len(all)
+	}
+	return min(n, len(all)), err
+}
+
+// Close implements stack.LinkEndpoint.Close: it closes the NIC's own link
+// endpoint and drops the fragments held for their checksum.
+func (l *forwardLink) Close() {
+	l.Endpoint.Close()
+	if l.tx != nil {
+		l.tx.Release()
+	}
+}
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher. A packet it
 // cuts into pieces is not delivered itself; the caller keeps its reference
