@@ -160,13 +160,16 @@ func TestStackConfigUDPNoEncapLimit(t *testing.T) {
 	}
 }
 
-func TestStackConfigStack(t *testing.T) {
-	const tunnel = `
+// tunnel is the smallest configuration's tunnel block, for tests of the
+// other blocks.
+const tunnel = `
 tunnel "t" {
   local     = "127.0.0.1:4700"
   remote    = "127.0.0.1:4701"
   addresses = ["10.99.0.1/30"]
 }`
+
+func TestStackConfigStack(t *testing.T) {
 	tests := []struct {
 		name, src      string
 		wantTCP        stack.TCPOptions

@@ -9,12 +9,6 @@ import (
 // limits reach stack.Config, and that config's defaults (gVisor's) go as
 // zero, which keeps IPv6's 60 s timeout.
 func TestStackConfigReassembly(t *testing.T) {
-	const tunnel = `
-tunnel "t" {
-  local     = "127.0.0.1:4700"
-  remote    = "127.0.0.1:4701"
-  addresses = ["10.99.0.1/30"]
-}`
 	tests := []struct {
 		name        string
 		stack       string

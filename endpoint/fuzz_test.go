@@ -106,6 +106,20 @@ func newFuzzRigOn(tb testing.TB, tr Transport, remote netip.AddrPort) *fuzzRig {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	attachGVisor(tb, e)
+	e.mu.RLock()
+	disp := e.dispatcher
+	e.mu.RUnlock()
+	if disp == nil {
+		tb.Fatal("endpoint not attached")
+	}
+	return &fuzzRig{e: e, remote: remote, disp: disp}
+}
+
+// attachGVisor makes e the only NIC of a gVisor stack at 10.99.0.1/24 and
+// fd99::1/64 whose routes all point at it, closed when tb ends.
+func attachGVisor(tb testing.TB, e *Endpoint) *stack.Stack {
+	tb.Helper()
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
@@ -125,16 +139,10 @@ func newFuzzRigOn(tb testing.TB, tr Transport, remote netip.AddrPort) *fuzzRig {
 		{Destination: header.IPv4EmptySubnet, NIC: 1},
 		{Destination: header.IPv6EmptySubnet, NIC: 1},
 	})
-	e.mu.RLock()
-	disp := e.dispatcher
-	e.mu.RUnlock()
-	if disp == nil {
-		tb.Fatal("endpoint not attached")
-	}
 	// gVisor waits for link endpoints but does not close them: close ours
 	// first, as stack.Stack.Close does.
 	tb.Cleanup(func() { e.Close(); s.Close(); s.Wait() })
-	return &fuzzRig{e: e, remote: remote, disp: disp}
+	return s
 }
 
 // rxDrops sums the drop reasons the receive path can count.

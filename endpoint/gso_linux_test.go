@@ -11,30 +11,10 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
-// gsoRecorder is a transport with UDP GSO that keeps a copy of every
-// message at the moment it is sent.
-type gsoRecorder struct {
-	fakeTransport
-	sent []recordedMsg
-}
+// gsoTransport is a memTransport with UDP GSO.
+type gsoTransport struct{ *memTransport }
 
-type recordedMsg struct {
-	b   []byte
-	gso int
-}
-
-func (*gsoRecorder) Offloads() Offloads { return Offloads{GSO: true} }
-
-func (r *gsoRecorder) WriteBatch(msgs []Message) (int, error) {
-	for _, m := range msgs {
-		var b []byte
-		for _, s := range m.Buffers {
-			b = append(b, s...)
-		}
-		r.sent = append(r.sent, recordedMsg{b, m.GSOSize})
-	}
-	return len(msgs), nil
-}
+func (gsoTransport) Offloads() Offloads { return Offloads{GSO: true} }
 
 // superSegment is a host-GSO TCP packet as gVisor hands it over: IPv4 and
 // TCP headers (checksum: the pseudo-header sum only) and payload, to be cut
@@ -67,7 +47,7 @@ func superSegment(payload []byte, seq uint32, mss int) *stack.PacketBuffer {
 // even when the batch fills in the middle.
 func TestWriteManySuperSegments(t *testing.T) {
 	local, remote := netip.AddrPortFrom(outer4L, 4700), netip.AddrPortFrom(outer4R, 4701)
-	tr := &gsoRecorder{fakeTransport: fakeTransport{framing: FramingUDP, local: local, done: make(chan struct{})}}
+	tr := gsoTransport{newMemTransport(FramingUDP, local)}
 	e, err := New(Options{Transport: tr, Remote: remote, MTU: 1472})
 	if err != nil {
 		t.Fatal(err)
@@ -86,25 +66,26 @@ func TestWriteManySuperSegments(t *testing.T) {
 		t.Fatal(terr)
 	}
 	pkts.DecRef()
-	var got []recordedMsg
-	for _, m := range tr.sent {
+	sent := tr.takeSent()
+	var got []memSent
+	for _, m := range sent {
 		if m.gso > 0 {
 			got = append(got, m)
 		}
 	}
-	if st := e.Stats(); st.DropTotal() != 0 || len(tr.sent) != e.batch-2+supers {
-		t.Fatalf("sent %d messages, dropped %v; want %d", len(tr.sent), st.Drops, e.batch-2+supers)
+	if st := e.Stats(); st.DropTotal() != 0 || len(sent) != e.batch-2+supers {
+		t.Fatalf("sent %d messages, dropped %v; want %d", len(sent), st.Drops, e.batch-2+supers)
 	}
 	if len(got) != supers {
 		t.Fatalf("sent %d GSO messages, want %d", len(got), supers)
 	}
 	for k, m := range got {
 		seg := header.IPv4MinimumSize + header.TCPMinimumSize + mss
-		if m.gso != seg || len(m.b) != pieces*seg {
-			t.Fatalf("message %d: %d bytes in %d-byte segments, want %d of %d", k, len(m.b), m.gso, pieces, seg)
+		if m.gso != seg || len(m.data) != pieces*seg {
+			t.Fatalf("message %d: %d bytes in %d-byte segments, want %d of %d", k, len(m.data), m.gso, pieces, seg)
 		}
 		for p := range pieces {
-			b := m.b[p*seg : (p+1)*seg]
+			b := m.data[p*seg : (p+1)*seg]
 			if !bytes.Equal(b[seg-mss:], bytes.Repeat([]byte{byte(k + 1)}, mss)) {
 				t.Fatalf("message %d, packet %d: payload of another super-segment (first byte %d, want %d)", k, p, b[seg-mss], k+1)
 			}

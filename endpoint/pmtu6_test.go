@@ -298,10 +298,10 @@ func TestCutToPathMTU(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r.tr.take()
+			r.tr.takeData()
 			cut0 := r.e.Stats().PathMTUCut
 			orig := writeOne(r.e, tt.pkt())
-			sent := r.tr.take()
+			sent := r.tr.takeData()
 			if tt.want == nil {
 				if len(sent) != 1 || !bytes.Equal(sent[0], orig) {
 					t.Errorf("sent %d packets, want the packet as it was", len(sent))
@@ -375,10 +375,10 @@ func TestCutGVisorDatagram(t *testing.T) {
 	for i := range big {
 		big[i] = byte(i*13 + i>>8)
 	}
-	r.tr.take()
+	r.tr.takeData()
 	r.sendUDP(t, inner6R, big)
 	var ps []l4Packet
-	for _, b := range r.tr.take() {
+	for _, b := range r.tr.takeData() {
 		if len(b) > MinIPv6MTU {
 			t.Errorf("a %d-byte packet left, over the path MTU 1280", len(b))
 		}
@@ -414,8 +414,7 @@ func TestCutGVisorDatagram(t *testing.T) {
 // TestCutRawFraming: over a raw IPv4 transport each fragment gets an outer
 // header of its own.
 func TestCutRawFraming(t *testing.T) {
-	tr := &captureTransport{fakeTransport: fakeTransport{framing: FramingRawIPv4,
-		local: netip.AddrPortFrom(outer4L, 0), done: make(chan struct{})}}
+	tr := newMemTransport(FramingRawIPv4, netip.AddrPortFrom(outer4L, 0))
 	e, err := New(Options{Transport: tr, Remote: netip.AddrPortFrom(outer4R, 0)})
 	if err != nil {
 		t.Fatal(err)
@@ -423,7 +422,7 @@ func TestCutRawFraming(t *testing.T) {
 	t.Cleanup(e.Close)
 	e.pmtu6.learn(inner6R.As16(), 1280)
 	orig := writeOne(e, localIPv6(inner6R, 17, &fragFields{1424, true, 7}, bytes.Repeat([]byte{9}, 1424), false))
-	sent := tr.take()
+	sent := tr.takeData()
 	for i, d := range sent {
 		if len(d) < 20 || d[9] != encap.ProtoIPv6 || int(binary.BigEndian.Uint16(d[2:])) != len(d) {
 			t.Fatalf("datagram %d: outer header % x, want protocol 41 and total length %d", i, d[:min(len(d), 20)], len(d))

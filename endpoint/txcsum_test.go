@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"sort"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,7 +16,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -51,86 +49,45 @@ func netAddrs(ip []byte) (src, dst tcpip.Address) {
 	return h.SourceAddress(), h.DestinationAddress()
 }
 
-// captureTransport is a FOU Transport that records every datagram written
-// (each is one inner packet) and reads nothing.
-type captureTransport struct {
-	fakeTransport
-	mu   sync.Mutex
-	sent [][]byte
-}
-
-func (c *captureTransport) WriteBatch(msgs []Message) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, m := range msgs {
-		var d []byte
-		for _, b := range m.Buffers {
-			d = append(d, b...)
-		}
-		c.sent = append(c.sent, d)
-	}
-	return len(msgs), nil
-}
-
-func (c *captureTransport) take() [][]byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s := c.sent
-	c.sent = nil
-	return s
-}
-
-// csumRig is an Endpoint over a captureTransport, the NIC of a gVisor
+// csumRig is an Endpoint over a memTransport, the NIC of a gVisor
 // stack at 10.99.0.1/24 and fd99::1/64 whose routes all point at it.
 type csumRig struct {
 	e  *Endpoint
-	tr *captureTransport
+	tr *memTransport
 	s  *stack.Stack
 }
 
 func newCsumRig(t *testing.T) *csumRig {
 	t.Helper()
-	tr := &captureTransport{fakeTransport: fakeTransport{framing: FramingUDP,
-		local: netip.AddrPortFrom(outer4L, 4700), done: make(chan struct{})}}
+	tr := newMemTransport(FramingUDP, netip.AddrPortFrom(outer4L, 4700))
 	e, err := New(Options{Transport: tr, Remote: netip.AddrPortFrom(outer4R, 4701), DisableGSO: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
-	})
-	if terr := s.CreateNIC(1, e); terr != nil {
-		t.Fatal(terr)
-	}
-	for _, a := range []tcpip.ProtocolAddress{
-		{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpip.AddrFrom4(inner4L.As4()), PrefixLen: 24}},
-		{Protocol: ipv6.ProtocolNumber, AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpip.AddrFrom16(inner6L.As16()), PrefixLen: 64}},
-	} {
-		if terr := s.AddProtocolAddress(1, a, stack.AddressProperties{}); terr != nil {
-			t.Fatal(terr)
-		}
-	}
-	s.SetRouteTable([]tcpip.Route{
-		{Destination: header.IPv4EmptySubnet, NIC: 1},
-		{Destination: header.IPv6EmptySubnet, NIC: 1},
-	})
-	t.Cleanup(func() { e.Close(); s.Close(); s.Wait() })
+	s := attachGVisor(t, e)
 	return &csumRig{e: e, tr: tr, s: s}
 }
 
-// sendUDP sends payload from a gVisor UDP socket to dst:53 with DF clear.
-func (r *csumRig) sendUDP(t *testing.T, dst netip.Addr, payload []byte) {
+// endpoint opens a gVisor socket of the transport protocol trans on r's
+// stack, of dst's family; the caller closes it.
+func (r *csumRig) endpoint(t *testing.T, trans tcpip.TransportProtocolNumber, dst netip.Addr) tcpip.Endpoint {
 	t.Helper()
 	proto := ipv4.ProtocolNumber
 	if dst.Is6() {
 		proto = ipv6.ProtocolNumber
 	}
 	var wq waiter.Queue
-	ep, terr := r.s.NewEndpoint(udp.ProtocolNumber, proto, &wq)
+	ep, terr := r.s.NewEndpoint(trans, proto, &wq)
 	if terr != nil {
 		t.Fatal(terr)
 	}
+	return ep
+}
+
+// sendUDP sends payload from a gVisor UDP socket to dst:53 with DF clear.
+func (r *csumRig) sendUDP(t *testing.T, dst netip.Addr, payload []byte) {
+	t.Helper()
+	ep := r.endpoint(t, udp.ProtocolNumber, dst)
 	defer ep.Close()
 	if terr := ep.SetSockOptInt(tcpip.MTUDiscoverOption, int(tcpip.PMTUDiscoveryDont)); terr != nil {
 		t.Fatal(terr)
@@ -145,15 +102,7 @@ func (r *csumRig) sendUDP(t *testing.T, dst netip.Addr, payload []byte) {
 // has been written.
 func (r *csumRig) sendSYN(t *testing.T, dst netip.Addr) {
 	t.Helper()
-	proto := ipv4.ProtocolNumber
-	if dst.Is6() {
-		proto = ipv6.ProtocolNumber
-	}
-	var wq waiter.Queue
-	ep, terr := r.s.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
-	if terr != nil {
-		t.Fatal(terr)
-	}
+	ep := r.endpoint(t, tcp.ProtocolNumber, dst)
 	defer ep.Close()
 	before := r.e.Stats().TxPackets
 	ep.Connect(tcpip.FullAddress{Addr: tcpip.AddrFromSlice(dst.AsSlice()), Port: 80})
@@ -237,11 +186,11 @@ func TestTXChecksumLocal(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r.tr.take()
+			r.tr.takeData()
 			tt.send()
 			// Only this test's packets: not a RST or a retransmitted SYN.
 			var ps []l4Packet
-			for _, b := range r.tr.take() {
+			for _, b := range r.tr.takeData() {
 				if p := parseInner(t, b); p.proto == tt.proto && p.dst == tt.dst {
 					ps = append(ps, p)
 				}
@@ -365,11 +314,11 @@ func TestTXChecksumForwarded(t *testing.T) {
 			pkt := forwardedPacket(tt.v6, tt.proto, tt.frag, tt.seg)
 			defer pkt.DecRef()
 			want := flatten(pkt)
-			r.tr.take()
+			r.tr.takeData()
 			var l stack.PacketBufferList
 			l.PushBack(pkt)
 			r.e.WritePackets(l)
-			sent := r.tr.take()
+			sent := r.tr.takeData()
 			if len(sent) != 1 || !bytes.Equal(sent[0], want) {
 				t.Errorf("sent %d packets, want exactly\n% x", len(sent), want)
 				for _, s := range sent {
@@ -418,7 +367,7 @@ func TestTXChecksumLostFragment(t *testing.T) {
 	// 8 + 16 + 24 + 16 bytes: the fragment at 24 is lost.
 	write(localFragment(7, 0x2000, append(udpHdr(64), chunk...)))
 	write(localFragment(7, 48/8, chunk))
-	if sent := r.tr.take(); len(sent) != 1 {
+	if sent := r.tr.takeData(); len(sent) != 1 {
 		t.Fatalf("%d packets sent, want the last fragment only", len(sent))
 	}
 	if n := r.e.Stats().Drops[encap.SendError]; n != 1 {
@@ -434,7 +383,7 @@ func TestTXChecksumLostFragment(t *testing.T) {
 	for i := range maxHeldFragments + 1 {
 		write(localFragment(uint16(100+i), 24/8, chunk))
 	}
-	if sent := r.tr.take(); len(sent) != 2*maxHeldFragments+1 {
+	if sent := r.tr.takeData(); len(sent) != 2*maxHeldFragments+1 {
 		t.Errorf("%d packets sent, want %d (every last fragment, every first but the evicted one)", len(sent), 2*maxHeldFragments+1)
 	}
 }

@@ -45,13 +45,8 @@ func (w *wireLog) WriteBatch(msgs []endpoint.Message) (int, error) {
 	w.mu.Lock()
 	for i := range msgs {
 		var head [48]byte
-		n, size := 0, 0
-		for _, b := range msgs[i].Buffers {
-			n += copy(head[n:], b)
-			size += len(b)
-		}
-		if msgs[i].GSOSize == 0 {
-			w.pkts = append(w.pkts, parseWire(head[:n], size))
+		if h, size := messageHead(&msgs[i], &head); msgs[i].GSOSize == 0 {
+			w.pkts = append(w.pkts, parseWire(h, size))
 		}
 	}
 	w.mu.Unlock()

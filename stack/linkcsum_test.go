@@ -19,7 +19,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // The hosts behind the link that linkRig adds with AddLink.
@@ -163,6 +162,18 @@ type linkRig struct {
 	in           *innerTap
 }
 
+// forwardTo readies r for one subtest that forwards from the peer to the
+// link's host of the family, and returns that host's address.
+func (r *linkRig) forwardTo(t *testing.T, v6 bool) netip.Addr {
+	t.Helper()
+	if !v6 {
+		skipIPv4ForwardingUnderRace(t)
+	}
+	r.link.Drain()
+	r.in.take()
+	return linkHost(v6)
+}
+
 func newLinkRig(t *testing.T, forwarding bool) *linkRig {
 	t.Helper()
 	a, b := pipeTunnels("peer", linkAddr(0, 0, false), "router", linkAddr(0, 1, false))
@@ -277,12 +288,7 @@ func TestForwardToLinkFragmentsUntouched(t *testing.T) {
 	r := newLinkRig(t, true)
 	for _, v6 := range []bool{false, true} {
 		t.Run(familyName(v6), func(t *testing.T) {
-			if !v6 {
-				skipIPv4ForwardingUnderRace(t)
-			}
-			r.link.Drain()
-			r.in.take()
-			dst := linkHost(v6)
+			dst := r.forwardTo(t, v6)
 			msg := randomBytes(t, 20000)
 			sendNoDF(t, r.peer, netip.AddrPortFrom(dst, 9), msg)
 			out := r.readDatagram(t, dst, 8+len(msg))
@@ -318,12 +324,7 @@ func TestForwardToLinkCorruptedNotRepaired(t *testing.T) {
 	r := newLinkRig(t, true)
 	for _, v6 := range []bool{false, true} {
 		t.Run(familyName(v6), func(t *testing.T) {
-			if !v6 {
-				skipIPv4ForwardingUnderRace(t)
-			}
-			r.link.Drain()
-			r.in.take()
-			dst := linkHost(v6)
+			dst := r.forwardTo(t, v6)
 			toPort := func(p *ipPacket) bool {
 				return p.dst == dst && p.proto == 6 && !p.fragment() && len(p.l4) >= header.TCPMinimumSize &&
 					binary.BigEndian.Uint16(p.l4[2:]) == corruptPort
@@ -355,15 +356,7 @@ func TestForwardToLinkCorruptedNotRepaired(t *testing.T) {
 // returns a func that abandons it.
 func startSYN(t *testing.T, s *stack.Stack, dst netip.AddrPort) func() {
 	t.Helper()
-	proto := ipv4.ProtocolNumber
-	if dst.Addr().Is6() {
-		proto = ipv6.ProtocolNumber
-	}
-	var wq waiter.Queue
-	ep, terr := s.GVisor().NewEndpoint(tcp.ProtocolNumber, proto, &wq)
-	if terr != nil {
-		t.Fatal(terr)
-	}
+	ep := gvEndpoint(t, s, tcp.ProtocolNumber, dst.Addr())
 	switch terr := ep.Connect(tcpip.FullAddress{Addr: tcpip.AddrFromSlice(dst.Addr().AsSlice()), Port: dst.Port()}); terr.(type) {
 	case nil, *tcpip.ErrConnectStarted:
 	default:

@@ -10,10 +10,7 @@ import (
 	"github.com/ipipstack/ipipstack/endpoint/encap"
 	"github.com/ipipstack/ipipstack/stack"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
-	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // fragCounter wraps a FOU transport and counts the inner IP fragments
@@ -28,12 +25,8 @@ type fragCounter struct {
 func (f *fragCounter) WriteBatch(msgs []endpoint.Message) (int, error) {
 	for i := range msgs {
 		var head [48]byte
-		n, size := 0, 0
-		for _, b := range msgs[i].Buffers {
-			n += copy(head[n:], b)
-			size += len(b)
-		}
-		if isFragment(head[:n]) {
+		h, size := messageHead(&msgs[i], &head)
+		if isFragment(h) {
 			f.frags.Add(1)
 		}
 		if int64(size) > f.largest.Load() {
@@ -41,6 +34,17 @@ func (f *fragCounter) WriteBatch(msgs []endpoint.Message) (int, error) {
 		}
 	}
 	return f.Transport.WriteBatch(msgs)
+}
+
+// messageHead copies the first bytes of m's datagram into head and returns
+// them, with the datagram's size.
+func messageHead(m *endpoint.Message, head *[48]byte) (h []byte, size int) {
+	n := 0
+	for _, b := range m.Buffers {
+		n += copy(head[n:], b)
+		size += len(b)
+	}
+	return head[:n], size
 }
 
 // isFragment reports whether the IP packet starting with p is a fragment:
@@ -132,15 +136,7 @@ func TestPathMTUNarrowMiddle(t *testing.T) {
 // (IP_PMTUDISC_DONT): gVisor sets DF on UDP by default, as Linux does.
 func sendNoDF(t *testing.T, s *stack.Stack, dst netip.AddrPort, payload []byte) {
 	t.Helper()
-	proto := ipv4.ProtocolNumber
-	if dst.Addr().Is6() {
-		proto = ipv6.ProtocolNumber
-	}
-	var wq waiter.Queue
-	ep, terr := s.GVisor().NewEndpoint(udp.ProtocolNumber, proto, &wq)
-	if terr != nil {
-		t.Fatal(terr)
-	}
+	ep := gvEndpoint(t, s, udp.ProtocolNumber, dst.Addr())
 	defer ep.Close()
 	if terr := ep.SetSockOptInt(tcpip.MTUDiscoverOption, int(tcpip.PMTUDiscoveryDont)); terr != nil {
 		t.Fatal(terr)

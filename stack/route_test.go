@@ -13,6 +13,10 @@ import (
 
 	"github.com/ipipstack/ipipstack/endpoint/endpointtest"
 	"github.com/ipipstack/ipipstack/stack"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 var pipePort atomic.Uint32
@@ -316,4 +320,20 @@ func TestRouteChangesUnderTraffic(t *testing.T) {
 	if got := h.via(t, netip.MustParseAddr("10.1.2.3")); got != "A" {
 		t.Errorf("after the churn 10.1.2.3 went via %q, want A", got)
 	}
+}
+
+// gvEndpoint opens a gVisor socket of the transport protocol trans on s,
+// of dst's family; the caller closes it.
+func gvEndpoint(t testing.TB, s *stack.Stack, trans tcpip.TransportProtocolNumber, dst netip.Addr) tcpip.Endpoint {
+	t.Helper()
+	proto := ipv4.ProtocolNumber
+	if dst.Is6() {
+		proto = ipv6.ProtocolNumber
+	}
+	var wq waiter.Queue
+	ep, terr := s.GVisor().NewEndpoint(trans, proto, &wq)
+	if terr != nil {
+		t.Fatal(terr)
+	}
+	return ep
 }

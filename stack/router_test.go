@@ -9,10 +9,7 @@ import (
 
 	"github.com/ipipstack/ipipstack/stack"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
-	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // chain is stacks joined in a line by in-memory tunnels: s[i] reaches
@@ -97,15 +94,11 @@ func icmpStats(s *stack.Stack, v6 bool) icmpCounters {
 // (hop limit), the way traceroute probes.
 func sendTTL(t testing.TB, s *stack.Stack, dst netip.Addr, ttl int) {
 	t.Helper()
-	proto, opt := ipv4.ProtocolNumber, tcpip.IPv4TTLOption
+	opt := tcpip.IPv4TTLOption
 	if dst.Is6() {
-		proto, opt = ipv6.ProtocolNumber, tcpip.IPv6HopLimitOption
+		opt = tcpip.IPv6HopLimitOption
 	}
-	var wq waiter.Queue
-	ep, terr := s.GVisor().NewEndpoint(udp.ProtocolNumber, proto, &wq)
-	if terr != nil {
-		t.Fatal(terr)
-	}
+	ep := gvEndpoint(t, s, udp.ProtocolNumber, dst)
 	defer ep.Close()
 	if terr := ep.SetSockOptInt(opt, ttl); terr != nil {
 		t.Fatal(terr)
