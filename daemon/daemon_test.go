@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -116,6 +117,9 @@ func TestTwoDaemons(t *testing.T) {
 	if len(served.Tunnels) != 1 || served.Tunnels[0].RxPackets < tun.RxPackets || len(served.Services) != 3 {
 		t.Errorf("/status = %+v", served)
 	}
+	if served.Forwarding != nil || strings.Contains(string(get(t, hc, base+"/status")), `"forwarding"`) {
+		t.Errorf("/status shows forwarding counters for a stack that does not forward: %+v", served.Forwarding)
+	}
 	metrics := string(get(t, hc, base+"/metrics"))
 	m := regexp.MustCompile(`(?m)^ipipstack_tunnel_rx_packets_total\{tunnel="b"\} (\d+)$`).FindStringSubmatch(metrics)
 	if m == nil {
@@ -131,6 +135,8 @@ func TestTwoDaemons(t *testing.T) {
 		`ipipstack_service_connections_total{kind="forward",service="echo"} 1`,
 		`# TYPE ipipstack_tunnel_rx_bytes_total counter`,
 		`ipipstack_reassembly_bytes{family="ipv4"} `,
+		`ipipstack_tunnel_rx_coalesced_packets_total{tunnel="b"} `,
+		`ipipstack_tunnel_path_mtu_learned_total{tunnel="b"} 0`,
 		`ipipstack_reassembly_bytes{family="ipv6"} `,
 	} {
 		if !strings.Contains(metrics, want) {
@@ -335,6 +341,18 @@ func TestTUN(t *testing.T) {
 			}
 			if started != tt.netAdmin {
 				t.Errorf("starter called = %v, want %v", started, tt.netAdmin)
+			}
+			// A TUN device makes the stack a router: its forwarding
+			// counters are in the status and the metrics.
+			if f := d.Status().Forwarding; f == nil || *f != (ForwardingStatus{}) {
+				t.Errorf("Status().Forwarding = %+v, want zero counters", f)
+			}
+			var names []string
+			for _, f := range d.collect() {
+				names = append(names, f.name)
+			}
+			if !slices.Contains(names, "ipipstack_forward_refragmented_total") || !slices.Contains(names, "ipipstack_forward_ttl_expired_total") {
+				t.Errorf("metric families %v lack the forwarding counters", names)
 			}
 			switch {
 			case tt.wantUp:

@@ -57,6 +57,9 @@ func (d *Daemon) collect() []*family {
 	txb := fam("ipipstack_tunnel_tx_bytes_total", counter, "Bytes of inner packets sent to the peer.")
 	drops := fam("ipipstack_tunnel_drops_total", counter, "Packets dropped by the tunnel, by reason.")
 	seen := fam("ipipstack_tunnel_last_seen_timestamp_seconds", gauge, "Unix time the last outer datagram arrived from the peer; 0 if none has.")
+	coalesced := fam("ipipstack_tunnel_rx_coalesced_packets_total", counter, "Received inner packets that reached the stack merged into larger TCP segments.")
+	pmtuLearned := fam("ipipstack_tunnel_path_mtu_learned_total", counter, "IPv6 path MTUs learned from Packet Too Big.")
+	pmtuCut := fam("ipipstack_tunnel_path_mtu_cut_packets_total", counter, "IPv6 packets the stack sent that were cut to fit a learned path MTU.")
 	for _, t := range st.Tunnels {
 		info.add("1", "tunnel", t.Name, "transport", t.Transport, "local", t.Local, "remote", t.Remote, "peer", t.Peer)
 		mtu.add(u64(uint64(t.MTU)), "tunnel", t.Name)
@@ -72,6 +75,9 @@ func (d *Daemon) collect() []*family {
 			ls = f64(float64(t.LastSeen.UnixNano()) / 1e9)
 		}
 		seen.add(ls, "tunnel", t.Name)
+		coalesced.add(u64(t.RxCoalesced), "tunnel", t.Name)
+		pmtuLearned.add(u64(t.PathMTULearned), "tunnel", t.Name)
+		pmtuCut.add(u64(t.PathMTUCut), "tunnel", t.Name)
 	}
 
 	active := fam("ipipstack_service_active_connections", gauge, "Connections (UDP: sessions) open now.")
@@ -97,7 +103,18 @@ func (d *Daemon) collect() []*family {
 	}
 
 	out := []*family{build, start, draining, info, mtu, rxp, rxb, txp, txb, drops, seen,
-		active, total, rejected, dialFail, bytes, reasm}
+		coalesced, pmtuLearned, pmtuCut, active, total, rejected, dialFail, bytes, reasm}
+	if f := st.Forwarding; f != nil {
+		refrag := fam("ipipstack_forward_refragmented_total", counter, "IPv4 packets the router cut to fit the link they left by.")
+		refrag.add(u64(f.Refragmented))
+		frags := fam("ipipstack_forward_fragments_total", counter, "Fragments those packets were cut into.")
+		frags.add(u64(f.Fragments))
+		ttl := fam("ipipstack_forward_ttl_expired_total", counter, "IPv4 packets to forward that arrived with TTL 1 and were answered with Time Exceeded.")
+		ttl.add(u64(f.TTLExpired))
+		incomplete := fam("ipipstack_forward_incomplete_datagrams_total", counter, "UDP datagrams the router sent itself that lost a fragment before their checksum was complete.")
+		incomplete.add(u64(f.IncompleteDatagrams))
+		out = append(out, refrag, frags, ttl, incomplete)
+	}
 	if st.TUN != nil {
 		up := fam("ipipstack_tun_up", gauge, "1 if the TUN device is up.")
 		up.add(boolValue(st.TUN.Up), "device", st.TUN.Name)

@@ -27,6 +27,19 @@ type Status struct {
 	// ReassemblyBytes is the memory IP reassembly holds now, by family
 	// ("ipv4", "ipv6"); a family is absent if gVisor hides it.
 	ReassemblyBytes map[string]int `json:"reassembly_bytes,omitempty"`
+	// Forwarding is what the stack did to packets it forwarded; nil unless
+	// it forwards (stack.forwarding, or a TUN device).
+	Forwarding *ForwardingStatus `json:"forwarding,omitempty"`
+}
+
+// ForwardingStatus is stack.ForwardStats: IPv4 packets the router cut to
+// fit the next link and the pieces, IPv4 packets discarded with TTL 1,
+// and datagrams the router sent itself that lost a fragment.
+type ForwardingStatus struct {
+	Refragmented        uint64 `json:"refragmented"`
+	Fragments           uint64 `json:"fragments"`
+	TTLExpired          uint64 `json:"ttl_expired"`
+	IncompleteDatagrams uint64 `json:"incomplete_datagrams"`
 }
 
 // TunnelStatus is one tunnel's configuration and counters.
@@ -42,6 +55,12 @@ type TunnelStatus struct {
 	RxBytes   uint64   `json:"rx_bytes"`
 	TxPackets uint64   `json:"tx_packets"`
 	TxBytes   uint64   `json:"tx_bytes"`
+	// RxCoalesced counts received packets that reached the stack merged
+	// into larger TCP segments; PathMTULearned the IPv6 path MTUs learned
+	// from Packet Too Big, PathMTUCut the packets cut to fit one.
+	RxCoalesced    uint64 `json:"rx_coalesced"`
+	PathMTULearned uint64 `json:"path_mtu_learned"`
+	PathMTUCut     uint64 `json:"path_mtu_cut"`
 	// Drops counts dropped packets by reason (encap.Reason names); every
 	// reason is present, zero or not.
 	Drops      map[string]uint64 `json:"drops"`
@@ -109,6 +128,10 @@ func (d *Daemon) Status() Status {
 			TxPackets: ts.TxPackets,
 			TxBytes:   ts.TxBytes,
 			Drops:     make(map[string]uint64, encap.NumReasons-1),
+
+			RxCoalesced:    ts.RxCoalesced,
+			PathMTULearned: ts.PathMTULearned,
+			PathMTUCut:     ts.PathMTUCut,
 		}
 		if ct := d.tunnelConfig(ts.Name); ct != nil {
 			t.Transport = ct.Transport.String()
@@ -138,6 +161,11 @@ func (d *Daemon) Status() Status {
 		if v6 >= 0 {
 			s.ReassemblyBytes["ipv6"] = v6
 		}
+	}
+	if d.cfg.Stack.Forwarding || d.cfg.TUN != nil {
+		f := d.st.ForwardStats()
+		s.Forwarding = &ForwardingStatus{Refragmented: f.Refragmented, Fragments: f.Fragments,
+			TTLExpired: f.TTLExpired, IncompleteDatagrams: f.IncompleteDatagrams}
 	}
 	if d.cfg.TUN != nil {
 		d.mu.Lock()
