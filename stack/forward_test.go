@@ -447,3 +447,47 @@ func TestForwardLinkCapabilities(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardUDPConnNarrowHop sends datagrams from the stack's own UDP
+// sockets (Dial, ListenPacket) across a hop narrower than the first link,
+// as an application would. IPv4: they leave without DF, so the router
+// fragments them and every one arrives, the first included (gVisor's
+// default DF would have them refused at the hop every time). IPv6: the
+// first draws Packet Too Big, the rest arrive cut to the learned MTU.
+func TestForwardUDPConnNarrowHop(t *testing.T) {
+	c := newFwdChain(t)
+	for _, v6 := range []bool{false, true} {
+		t.Run(familyName(v6), func(t *testing.T) {
+			if !v6 {
+				skipIPv4ForwardingUnderRace(t)
+			}
+			dst := netip.AddrPortFrom(c.addr(2, v6), 9)
+			pc, err := c.s[2].ListenPacket("udp", dst.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			conn, err := c.s[0].Dial("udp", dst.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			for i, size := range []int{1400, 1400, 5000, 5000} {
+				msg := randomBytes(t, size)
+				if _, err := conn.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				got := recvOne(pc, time.Second)
+				if lost := v6 && i == 0; lost != (got == nil) {
+					t.Fatalf("datagram %d of %d bytes: arrived %v, want %v", i, size, got != nil, !lost)
+				}
+				if got != nil && !bytes.Equal(got, msg) {
+					t.Fatalf("datagram %d of %d bytes arrived changed", i, size)
+				}
+			}
+			if st := c.s[1].ForwardStats(); !v6 && st.Refragmented == 0 {
+				t.Errorf("the router cut no IPv4 packet: %+v", st)
+			}
+		})
+	}
+}

@@ -33,7 +33,16 @@ var (
 	_ net.PacketConn = (*udpConn)(nil)
 )
 
+// newUDPConn wraps the UDP endpoint ep, whose waiter queue is wq. Its IPv4
+// datagrams leave without DF (IP_PMTUDISC_DONT). gVisor's default
+// sets DF, like Linux, but unlike Linux its UDP ignores Fragmentation
+// Needed and keeps no path MTU: a datagram bigger than a narrower hop
+// further on would be refused there every time. Without DF the hop
+// fragments it (RFC 791). IPv6 has no DF; its path MTU is learned by the
+// tunnel endpoint (endpoint/pmtu6.go).
 func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *udpConn {
+	// A socket of IPv6 only may refuse the IPv4 option; nothing to do then.
+	_ = ep.SetSockOptInt(tcpip.MTUDiscoverOption, int(tcpip.PMTUDiscoveryDont))
 	return &udpConn{UDPConn: gonet.NewUDPConn(wq, ep), ep: ep, wq: wq}
 }
 
