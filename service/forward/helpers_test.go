@@ -1,67 +1,16 @@
 package forward
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 	"github.com/ipipstack/ipipstack/service"
 )
-
-// checkNoLeaks fails t if goroutines running this module's service code
-// (not test code) are still alive after a short grace period. Tests in this
-// package do not run in parallel, so any such goroutine is a leak.
-func checkNoLeaks(t testing.TB) {
-	t.Helper()
-	var leaked []string
-	for range 100 {
-		leaked = serviceGoroutines()
-		if len(leaked) == 0 {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Errorf("%d goroutines leaked:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
-}
-
-func serviceGoroutines() []string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	var out []string
-	for _, g := range bytes.Split(buf, []byte("\n\n")) {
-		s := string(g)
-		if strings.Contains(s, "github.com/ipipstack/ipipstack/service") && !strings.Contains(s, "_test.go") {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// waitFor polls cond until it holds or 5 s pass.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // listenTCP listens on a free loopback port and closes it on cleanup.
 func listenTCP(t testing.TB) net.Listener {
@@ -111,32 +60,6 @@ func serveTCP(t testing.TB, ln net.Listener, handle func(net.Conn)) {
 	})
 }
 
-// udpEcho runs a loopback UDP echo server until cleanup.
-func udpEcho(t testing.TB) net.Addr {
-	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65535)
-		for {
-			n, addr, err := pc.ReadFrom(buf)
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			if err != nil {
-				continue
-			}
-			pc.WriteTo(buf[:n], addr)
-		}
-	}()
-	t.Cleanup(func() { pc.Close(); <-done })
-	return pc.LocalAddr()
-}
-
 // readAllTimeout reads c until EOF, failing on a hang.
 func readAllTimeout(t testing.TB, c net.Conn, d time.Duration) ([]byte, error) {
 	t.Helper()
@@ -175,3 +98,10 @@ func (n familyOnly) ListenPacket(network, address string) (net.PacketConn, error
 	}
 	return n.Host.ListenPacket(network, address)
 }
+
+// The helpers shared with the other service packages' tests.
+var (
+	checkNoLeaks = servicetest.CheckNoLeaks
+	waitFor      = servicetest.WaitFor
+	udpEcho      = servicetest.UDPEcho
+)

@@ -1,0 +1,88 @@
+// Package servicetest holds the helpers the service packages' tests share:
+// a goroutine leak check, polling for a condition, and a UDP echo server.
+package servicetest
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// CheckNoLeaks fails t if goroutines running this module's service code
+// (not test code) are still alive after a short grace period. The service
+// tests do not run in parallel, so any such goroutine is a leak.
+func CheckNoLeaks(t testing.TB) {
+	t.Helper()
+	var leaked []string
+	for range 100 {
+		leaked = serviceGoroutines()
+		if len(leaked) == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Errorf("%d goroutines leaked:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
+}
+
+func serviceGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var out []string
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		s := string(g)
+		if strings.Contains(s, "github.com/ipipstack/ipipstack/service") && !strings.Contains(s, "_test.go") &&
+			!strings.Contains(s, "internal/servicetest") {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// WaitFor polls cond until it holds, or fails t after 5 s.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// UDPEcho starts a UDP echo server on a free loopback port, stopped when t
+// ends, and returns its address.
+func UDPEcho(t testing.TB) *net.UDPAddr {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65535)
+		for {
+			n, addr, err := pc.ReadFrom(buf)
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if err == nil {
+				pc.WriteTo(buf[:n], addr)
+			}
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-done })
+	return pc.LocalAddr().(*net.UDPAddr)
+}
