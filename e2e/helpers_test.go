@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
 
 // freePort returns a port on 127.0.0.1 ("tcp" or "udp") that was free a
@@ -256,7 +258,7 @@ func startPeers(t *testing.T, o peerOptions) *peers {
 	r := rand.NewChaCha8([32]byte{'i', 'p', 'i', 'p'})
 	r.Read(p.blob)
 	httpAddr := hostHTTP(t, p.blob)
-	udpAddr := hostUDPEcho(t)
+	udpAddr := servicetest.UDPEcho(t).String()
 
 	a := example(t, "two-peers-a.hcl", map[string]string{
 		"127.0.0.1:4700": addr(tunA), "127.0.0.1:4701": addr(tunB), "127.0.0.1:9100": addr(p.statusA),
@@ -307,32 +309,6 @@ func hostHTTP(t *testing.T, blob []byte) string {
 		<-done
 	})
 	return ln.Addr().String()
-}
-
-// hostUDPEcho runs a UDP echo server on 127.0.0.1 and returns its address.
-func hostUDPEcho(t *testing.T) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65536)
-		for {
-			n, a, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], a)
-		}
-	}()
-	t.Cleanup(func() {
-		pc.Close()
-		<-done
-	})
-	return pc.LocalAddr().String()
 }
 
 // curl runs curl with args and returns the SHA-256 of what it fetched.

@@ -1,5 +1,6 @@
-// Package servicetest holds the helpers the service packages' tests share:
-// a goroutine leak check, polling for a condition, and a UDP echo server.
+// Package servicetest holds helpers that tests of several packages share:
+// a goroutine leak check for the service packages, polling for a
+// condition, and a UDP echo server on the host.
 package servicetest
 
 import (
