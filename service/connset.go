@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"net"
 	"sync"
 )
@@ -52,4 +53,23 @@ func (s *ConnSet) CloseAll() {
 	for _, c := range conns {
 		c.Close()
 	}
+}
+
+// Drain waits for active to reach zero or ctx to be done, whichever comes
+// first, and then calls cut, which closes what is left and waits for the
+// service's goroutines; it returns once active is zero. It returns ctx's
+// error if the wait ended with connections still open. Services use it for
+// a graceful Shutdown after they have stopped accepting.
+func Drain(ctx context.Context, active *sync.WaitGroup, cut func()) error {
+	done := make(chan struct{})
+	go func() { active.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	cut()
+	<-done
+	return err
 }

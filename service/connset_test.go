@@ -1,8 +1,12 @@
 package service
 
 import (
+	"context"
+	"errors"
 	"net"
+	"sync"
 	"testing"
+	"time"
 )
 
 func TestConnSet(t *testing.T) {
@@ -30,5 +34,35 @@ func TestConnSet(t *testing.T) {
 	}
 	if _, err := a3.Write([]byte("x")); err == nil {
 		t.Error("Track after CloseAll left the conn open")
+	}
+}
+
+// TestDrain: Drain returns nil when the connections finish before the
+// deadline, and the context's error when cut had to close them; cut runs
+// once either way and Drain returns only after every one has ended.
+func TestDrain(t *testing.T) {
+	for _, finish := range []bool{true, false} {
+		var active sync.WaitGroup
+		active.Add(1)
+		release := make(chan struct{})
+		go func() { <-release; active.Done() }()
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		if finish {
+			close(release)
+		}
+		cuts := 0
+		err := Drain(ctx, &active, func() {
+			cuts++
+			if !finish {
+				close(release) // closing what is left ends it
+			}
+		})
+		cancel()
+		if finish && err != nil || !finish && !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("finish %v: Drain = %v", finish, err)
+		}
+		if cuts != 1 {
+			t.Errorf("finish %v: cut ran %d times, want 1", finish, cuts)
+		}
 	}
 }

@@ -182,17 +182,10 @@ func (f *TCP) Close() error {
 // ctx's error if connections had to be cut.
 func (f *TCP) Shutdown(ctx context.Context) error {
 	err := f.stopAccepting()
-	done := make(chan struct{})
-	go func() { f.connWG.Wait(); close(done) }()
-	var cerr error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		cerr = ctx.Err()
-	}
-	f.forceClose()
-	f.wg.Wait()
-	<-done
+	cerr := service.Drain(ctx, &f.connWG, func() {
+		f.forceClose()
+		f.wg.Wait()
+	})
 	if cerr != nil {
 		return fmt.Errorf("forward %q: shutdown: %w", f.Name, cerr)
 	}

@@ -270,17 +270,10 @@ func (s *Server) Close() error {
 // if clients had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.stopAccepting()
-	done := make(chan struct{})
-	go func() { s.connWG.Wait(); close(done) }()
-	var cerr error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		cerr = ctx.Err()
-	}
-	s.forceClose()
-	s.wg.Wait()
-	<-done
+	cerr := service.Drain(ctx, &s.connWG, func() {
+		s.forceClose()
+		s.wg.Wait()
+	})
 	if cerr != nil {
 		return fmt.Errorf("socks5: shutdown: %w", cerr)
 	}
