@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ipipstack/ipipstack/endpoint/encap"
+	"github.com/ipipstack/ipipstack/internal/pkttest"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -156,31 +157,6 @@ func rxDrops(s *Stats) uint64 {
 
 // Seed packets, built by hand so that each byte is deliberate.
 
-func csum(b []byte, initial uint32) uint16 {
-	s := initial
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
-}
-
-func pseudo(src, dst netip.Addr, proto uint8, n int) uint32 {
-	var s uint32
-	for _, a := range []netip.Addr{src, dst} {
-		b := a.AsSlice()
-		for i := 0; i < len(b); i += 2 {
-			s += uint32(binary.BigEndian.Uint16(b[i:]))
-		}
-	}
-	return s + uint32(proto) + uint32(n)
-}
-
 // seedIPv4 is an IPv4 header with flags/offset frag around payload.
 func seedIPv4(src, dst netip.Addr, proto uint8, tos uint8, frag uint16, payload []byte) []byte {
 	h := make([]byte, 20, 20+len(payload))
@@ -314,3 +290,9 @@ func FuzzDeliver(f *testing.F) {
 		}
 	})
 }
+
+// The reference checksum the tests check packets against.
+var (
+	csum   = pkttest.Checksum
+	pseudo = pkttest.PseudoSum
+)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ipipstack/ipipstack/endpoint"
 	"github.com/ipipstack/ipipstack/endpoint/encap"
+	"github.com/ipipstack/ipipstack/internal/pkttest"
 	"github.com/ipipstack/ipipstack/stack"
 	"golang.org/x/sys/unix"
 )
@@ -114,31 +115,6 @@ func (tg *target) expectNothing(t *testing.T) {
 			t.Errorf("%v received %q from %v (err %v): a forged packet got through", pc.LocalAddr(), buf[:n], from, err)
 		}
 	}
-}
-
-func checksum(b []byte, initial uint32) uint16 {
-	s := initial
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
-}
-
-func pseudoSum(src, dst netip.Addr, proto uint8, length int) uint32 {
-	var s uint32
-	for _, a := range []netip.Addr{src, dst} {
-		b := a.AsSlice()
-		for i := 0; i < len(b); i += 2 {
-			s += uint32(binary.BigEndian.Uint16(b[i:]))
-		}
-	}
-	return s + uint32(proto) + uint32(length)
 }
 
 // udpSegment builds a UDP header and payload with its checksum.
@@ -301,3 +277,9 @@ func TestForgedDatagrams(t *testing.T) {
 		})
 	}
 }
+
+// The reference checksum the tests check packets against.
+var (
+	checksum  = pkttest.Checksum
+	pseudoSum = pkttest.PseudoSum
+)
