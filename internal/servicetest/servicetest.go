@@ -1,12 +1,13 @@
 // Package servicetest holds helpers that tests of several packages share:
-// a goroutine leak check for the service packages, polling for a
-// condition, and a UDP echo server on the host.
+// a goroutine leak check and a dependency check for the service packages,
+// polling for a condition, and a UDP echo server on the host.
 package servicetest
 
 import (
 	"bytes"
 	"errors"
 	"net"
+	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -86,4 +87,28 @@ func UDPEcho(t testing.TB) *net.UDPAddr {
 	}()
 	t.Cleanup(func() { pc.Close(); <-done })
 	return pc.LocalAddr().(*net.UDPAddr)
+}
+
+// CheckDeps fails t if the package in the working directory (a test's own
+// package) imports gVisor, HCL or the stack, endpoint, config or command
+// packages: a service depends on service.Network alone, so that its tests
+// run against the host.
+func CheckDeps(t testing.TB) {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command:", err)
+	}
+	out, err := exec.Command(goBin, "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		for _, bad := range []string{"gvisor.dev/", "github.com/hashicorp/hcl", "github.com/ipipstack/ipipstack/cmd",
+			"github.com/ipipstack/ipipstack/stack", "github.com/ipipstack/ipipstack/endpoint", "github.com/ipipstack/ipipstack/config"} {
+			if strings.HasPrefix(dep, bad) {
+				t.Errorf("imports %s", dep)
+			}
+		}
+	}
 }
