@@ -493,6 +493,11 @@ func rawCounters(t *testing.T, n *rawNet, p *pair) {
 	a0, b0 := p.a.Stats()[0], p.b.Stats()[0]
 	transfer(t, p.a, p.b, "10.99.0.2:6005", 1<<20)
 	transfer(t, p.b, p.a, "10.99.0.1:6006", 1<<20)
+	// A batch is counted once its send returns, which can be just after
+	// the data arrived: give the last one a moment.
+	waitFor(t, "the senders to count 1 MiB each", func() bool {
+		return p.a.Stats()[0].TxBytes-a0.TxBytes >= 1<<20 && p.b.Stats()[0].TxBytes-b0.TxBytes >= 1<<20
+	})
 	a1, b1 := p.a.Stats()[0], p.b.Stats()[0]
 	for _, s := range []struct {
 		name   string
