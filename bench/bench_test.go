@@ -33,7 +33,7 @@ var (
 
 // pairOptions say how the two stacks of a benchmark are joined.
 type pairOptions struct {
-	transport string // "udp", "raw" or "mem"
+	transport string // "udp", "udp6" (outer IPv6), "raw" or "mem"
 	mtu       int    // inner MTU; 0 derives it
 }
 
@@ -44,9 +44,11 @@ func (o pairOptions) String() string {
 	return fmt.Sprintf("transport=%s/mtu=%d", o.transport, o.mtu)
 }
 
-func freePort(tb testing.TB) netip.AddrPort {
+func freePort(tb testing.TB) netip.AddrPort { return freePortOn(tb, "127.0.0.1") }
+
+func freePortOn(tb testing.TB, host string) netip.AddrPort {
 	tb.Helper()
-	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	c, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -62,6 +64,8 @@ func newPair(tb testing.TB, o pairOptions) (a, b *stack.Stack) {
 	switch o.transport {
 	case "udp":
 		ta.Local, tbb.Local = freePort(tb), freePort(tb)
+	case "udp6":
+		ta.Local, tbb.Local = freePortOn(tb, "::1"), freePortOn(tb, "::1")
 	case "raw":
 		if os.Geteuid() != 0 {
 			if os.Getenv("IPIPSTACK_PRIVILEGED") == "1" {
@@ -198,6 +202,7 @@ func BenchmarkTCPStream(b *testing.B) {
 	for _, o := range []pairOptions{
 		{transport: "udp", mtu: 1472},
 		{transport: "udp", mtu: 65000},
+		{transport: "udp6", mtu: 1452},
 		{transport: "raw", mtu: 1480},
 		{transport: "mem"},
 	} {
