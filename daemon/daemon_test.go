@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipipstack/ipipstack/endpoint/encap"
 	"github.com/ipipstack/ipipstack/stack"
 	"golang.org/x/net/proxy"
 )
@@ -104,7 +105,7 @@ func TestTwoDaemons(t *testing.T) {
 	}
 	tun := st.Tunnels[0]
 	if tun.Name != "b" || tun.Transport != "udp" || tun.MTU != 1472 || tun.RxPackets == 0 || tun.TxBytes < size ||
-		tun.LastSeen == nil || tun.DropsTotal != 0 || len(tun.Drops) != 15 {
+		tun.LastSeen == nil || tun.DropsTotal != 0 || len(tun.Drops) != encap.NumReasons-1 {
 		t.Errorf("Status().Tunnels[0] = %+v", tun)
 	}
 	hc := &http.Client{Timeout: 5 * time.Second}

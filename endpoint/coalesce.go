@@ -21,10 +21,10 @@ import (
 // Coalescing is as strict as Linux GRO: segments merge only when every
 // header field but the lengths, IPv4 ID and checksums is equal, sequence
 // numbers are contiguous, the flags are a plain ACK (PSH only on the last),
-// and every segment but the last is full. It is used only where nothing
-// needs the merged packet's checksums: the kernel verified each datagram's
-// UDP checksum (which covers the inner packet) and the endpoint declares RX
-// checksum offload. A router (GRO off) never coalesces.
+// and every segment but the last is full. Only verified segments merge
+// (rxcsum.go): the merged packet keeps its first segment's TCP checksum,
+// which the stack, trusting the endpoint, never checks. A router (GRO off)
+// never coalesces.
 //
 // Pitfall: gVisor's PullUp copies a whole chunk when the chunk is shared.
 // Each merged packet's headers therefore live in a small chunk of their
@@ -165,8 +165,8 @@ func (g *merger) packet(buf *buffer.View) *stack.PacketBuffer {
 	if g.psh {
 		h[g.l3+13] |= tcpFlagPSH
 	}
-	// The TCP checksum stays the first segment's: the stack does not
-	// check it (RX checksum offload), and every segment was verified.
+	// The TCP checksum stays the first segment's: every segment was
+	// verified, and the stack does not check it again (rxcsum.go).
 	b := buffer.MakeWithView(hv)
 	for i := 0; i < g.n; i++ {
 		v := buf.Clone()
@@ -183,34 +183,28 @@ func (g *merger) packet(buf *buffer.View) *stack.PacketBuffer {
 	return pkt
 }
 
-// canCoalesce reports whether the datagrams of m may be merged into
-// packets that point into its buffer.
-func (e *Endpoint) canCoalesce(m *Message) bool {
-	return e.gro && e.framing == FramingUDP && m.Verified && e.offloads.RXChecksum &&
-		e.Capabilities()&stack.CapabilityRXChecksumOffload != 0
-}
-
 // deliverCoalesced splits a datagram that UDP GRO coalesced from several
 // into its original datagrams of m.GSOSize bytes (the last may be shorter),
 // decapsulates each, and delivers them, merging runs of consecutive TCP
 // segments into one packet whose payload points into buf, the view that
-// m.Buffers[0] is the memory of. seg is scratch for the pieces. It
-// reports whether a delivered packet still points into buf.
-func (e *Endpoint) deliverCoalesced(d stack.NetworkDispatcher, m *Message, seg *Message, buf *buffer.View) (shared bool) {
+// m.Buffers[0] is the memory of. Only verified segments merge; unverified
+// ones go to rx.pending. seg is scratch for the pieces. It reports whether
+// a delivered packet still points into buf.
+func (e *Endpoint) deliverCoalesced(rx *rxBatch, m *Message, seg *Message, buf *buffer.View) (shared bool) {
 	data := m.Buffers[0][:m.N]
 	bufs := seg.Buffers[:1] // seg's own slot, not m's
 	*seg = *m
 	seg.Buffers, seg.GSOSize = bufs, 0
-	coalesce := buf != nil && e.canCoalesce(m)
+	coalesce := buf != nil && e.gro && e.framing == FramingUDP
 	var g merger
 	flush := func() {
 		switch {
 		case g.n == 1:
-			e.deliverCopy(d, g.hdr[:g.length[0]+int32(len(g.hdr))], netProtoOf(g.v6), true)
+			e.deliverCopy(rx, g.hdr[:g.length[0]+int32(len(g.hdr))], netProtoOf(g.v6), true)
 		case g.n > 1:
 			e.stats.rxCoalesced.Add(uint64(g.n))
 			pkt := g.packet(buf)
-			d.DeliverNetworkPacket(pkt.NetworkProtocolNumber, pkt)
+			rx.to.DeliverNetworkPacket(pkt.NetworkProtocolNumber, pkt)
 			pkt.DecRef()
 			shared = true
 		}
@@ -219,12 +213,12 @@ func (e *Endpoint) deliverCoalesced(d stack.NetworkDispatcher, m *Message, seg *
 	for off := 0; off < len(data); off += m.GSOSize {
 		p := data[off:min(off+m.GSOSize, len(data))]
 		bufs[0], seg.N = p, len(p)
-		inner, proto, ok := e.decap(seg)
+		inner, proto, verified, ok := e.decap(seg)
 		if !ok {
 			continue
 		}
 		// inner is a prefix of p (FramingUDP), so it starts at off.
-		if coalesce && unsafe.SliceData(inner) == unsafe.SliceData(p) {
+		if coalesce && verified && unsafe.SliceData(inner) == unsafe.SliceData(p) {
 			if g.add(inner, off) {
 				continue
 			}
@@ -235,7 +229,7 @@ func (e *Endpoint) deliverCoalesced(d stack.NetworkDispatcher, m *Message, seg *
 		} else {
 			flush()
 		}
-		e.deliverCopy(d, inner, proto, seg.Verified)
+		e.deliverCopy(rx, inner, proto, verified)
 	}
 	flush()
 	return shared

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/ipipstack/ipipstack/endpoint/encap"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -41,8 +42,8 @@ func newCoalesceRig(t *testing.T) (*Endpoint, netip.AddrPort) {
 	t.Helper()
 	local, remote := netip.AddrPortFrom(outer4L, 4700), netip.AddrPortFrom(outer4R, 4701)
 	tr := &offloadTransport{fakeTransport{framing: FramingUDP, local: local, done: make(chan struct{})}}
-	e, err := New(Options{Transport: tr, Remote: remote, AllowedSources: []netip.Prefix{
-		netip.MustParsePrefix("10.99.0.0/24"), netip.MustParsePrefix("fd99::/64")}})
+	link := []netip.Prefix{netip.MustParsePrefix("10.99.0.0/24"), netip.MustParsePrefix("fd99::/64")}
+	e, err := New(Options{Transport: tr, Remote: remote, AllowedSources: link, OnLink: link})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +104,8 @@ func TestCoalesce(t *testing.T) {
 		tos   uint8
 		n     int // payload bytes
 		drop  bool
+		// corrupt flips a payload bit after the checksum was computed.
+		corrupt bool
 	}
 	full := func(from, to int) []segSpec {
 		var s []segSpec
@@ -124,7 +127,10 @@ func TestCoalesce(t *testing.T) {
 	}{
 		{"one run", false, true, with(full(0, 9), 8, func(s *segSpec) { s.flags, s.n = tcpACKPSH, 300 }), []int{9}},
 		{"one run ipv6", true, true, full(0, 12), []int{12}},
-		{"unverified", false, false, full(0, 5), []int{1, 1, 1, 1, 1}},
+		// Not verified by the kernel: the endpoint verifies each segment
+		// itself, merges the good ones and drops the corrupted one.
+		{"unverified", false, false, full(0, 5), []int{5}},
+		{"unverified corrupted", false, false, with(full(0, 6), 2, func(s *segSpec) { s.corrupt = true }), []int{2, 3}},
 		{"sequence gap", false, true, append(full(0, 4), full(5, 9)...), []int{4, 4}},
 		{"PSH ends a run", false, true, with(full(0, 6), 2, func(s *segSpec) { s.flags = tcpACKPSH }), []int{3, 3}},
 		{"FIN not merged", false, true, with(full(0, 6), 5, func(s *segSpec) { s.flags = tcpACK | tcpFlagFIN }), []int{5, 1}},
@@ -147,6 +153,9 @@ func TestCoalesce(t *testing.T) {
 					// stale header checksum): the receive path drops it.
 					seg[12] = 11
 				}
+				if s.corrupt {
+					seg[len(seg)-1] ^= 0x01
+				}
 				segs = append(segs, seg)
 			}
 			// All datagrams of a GRO read have the same size but the
@@ -164,7 +173,7 @@ func TestCoalesce(t *testing.T) {
 			for _, n := range tc.want {
 				cur = nil
 				for range n {
-					for tc.segs[pos].drop {
+					for tc.segs[pos].drop || tc.segs[pos].corrupt {
 						pos++
 					}
 					s := tc.segs[pos]
@@ -180,7 +189,9 @@ func TestCoalesce(t *testing.T) {
 			var seg Message
 			seg.Buffers = make([][]byte, 1)
 			before := e.Stats()
-			shared := e.deliverCoalesced(&rec, &m, &seg, v)
+			rx := directRX(&rec)
+			shared := e.deliverCoalesced(rx, &m, &seg, v)
+			e.deliverPending(rx)
 			after := e.Stats()
 			if len(rec.pkts) != len(tc.want) {
 				t.Fatalf("delivered %d packets, want %d (segments per packet %v)", len(rec.pkts), len(tc.want), tc.want)
@@ -223,6 +234,15 @@ func TestCoalesce(t *testing.T) {
 			if got := after.RxCoalesced - before.RxCoalesced; got != nmerged {
 				t.Errorf("RxCoalesced +%d, want +%d", got, nmerged)
 			}
+			var corrupted uint64
+			for _, s := range tc.segs {
+				if s.corrupt {
+					corrupted++
+				}
+			}
+			if got := after.Drops[encap.BadChecksum] - before.Drops[encap.BadChecksum]; got != corrupted {
+				t.Errorf("bad_checksum +%d, want +%d", got, corrupted)
+			}
 			if tc.name == "one run" {
 				last := rec.pkts[0]
 				if f := last[header.IPv4MinimumSize+13]; f != tcpACKPSH {
@@ -248,7 +268,7 @@ func TestCoalesceOutlivesBuffer(t *testing.T) {
 	d := dispatchFunc(func(pkt *stack.PacketBuffer) { keep = append(keep, pkt.IncRef()) })
 	var seg Message
 	seg.Buffers = make([][]byte, 1)
-	if !e.deliverCoalesced(d, &m, &seg, v) {
+	if !e.deliverCoalesced(directRX(d), &m, &seg, v) {
 		t.Fatal("four full segments were not merged")
 	}
 	v.Release()
@@ -310,7 +330,9 @@ func FuzzDeliverCoalesced(f *testing.F) {
 		d := &checkingDispatcher{t: t, next: r.disp}
 		var seg Message
 		seg.Buffers = make([][]byte, 1)
-		r.e.deliverCoalesced(d, &m, &seg, v)
+		b := directRX(d)
+		r.e.deliverCoalesced(b, &m, &seg, v)
+		r.e.deliverPending(b)
 		after := r.e.Stats()
 		rx := after.RxPackets - before.RxPackets
 		drops := rxDrops(&after) - rxDrops(&before)
@@ -338,7 +360,8 @@ func TestCoalesceAllocs(t *testing.T) {
 	seg.Buffers = make([][]byte, 1)
 	delivered := 0
 	d := dispatchFunc(func(*stack.PacketBuffer) { delivered++ })
-	n := testing.AllocsPerRun(1000, func() { e.deliverCoalesced(d, &m, &seg, v) })
+	rx := directRX(d)
+	n := testing.AllocsPerRun(1000, func() { e.deliverCoalesced(rx, &m, &seg, v) })
 	if delivered == 0 || e.Stats().RxCoalesced == 0 {
 		t.Fatal("nothing was merged")
 	}

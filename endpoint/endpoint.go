@@ -6,8 +6,19 @@
 // direct encapsulation, no privileges), or behind an outer IPv4 or IPv6
 // header over raw sockets (IP protocol 4 / 41, as Linux ipip, sit and
 // ip6tnl). Received datagrams are decapsulated, checked (peer, headers,
-// inner source, ECN) and delivered to the stack; every drop is counted with
-// its encap.Reason.
+// inner source, ECN, checksums) and delivered to the stack; every drop is
+// counted with its encap.Reason.
+//
+// # Receive checksums
+//
+// No inner byte reaches the stack unverified, and the endpoint, not the
+// stack, decides what is verified (rxcsum.go): a packet is verified when
+// the kernel checked a non-zero outer UDP checksum and the inner source is
+// on the tunnel's link (Options.OnLink: the peer originated it), or when the
+// endpoint checked its TCP, UDP, ICMP or ICMPv6 checksum itself; a wrong one
+// is dropped as encap.BadChecksum. The endpoint declares RX checksum
+// offload, except while it hands the stack the few packets it cannot check
+// (fragments, IPv6 extension headers), which the stack then checks itself.
 //
 // # Usage
 //
@@ -87,6 +98,14 @@ type Options struct {
 	// packets from elsewhere are dropped as SpoofedSource. Nil accepts any
 	// source that is not martian.
 	AllowedSources []netip.Prefix
+	// OnLink are the inner prefixes of the tunnel's own link (the local
+	// inner addresses with their prefix lengths): a packet whose inner
+	// source is in one of them was originated by the peer, not forwarded,
+	// so a non-zero outer UDP checksum that the kernel verified covers
+	// exactly the bytes the peer sent, and the endpoint need not verify
+	// the inner checksum again. Every other packet is verified in
+	// software (see rxcsum.go). Nil verifies everything in software.
+	OnLink []netip.Prefix
 	// MaxNesting is how many tunnel headers addressed back to this
 	// endpoint (IP-in-IP, or FOU to its own UDP port, whose destination is
 	// its outer address; see encap.NestingDepth) an inner packet may carry
@@ -136,10 +155,12 @@ type Endpoint struct {
 	offloads Offloads
 	gsoMax   uint32
 	gro      bool
-	// unverified is set, for good, once a datagram arrives that the
-	// kernel did not verify on a transport that verifies most
-	// (Offloads.RXChecksum): from then on the stack checks every checksum.
-	unverified atomic.Bool
+	// rxUnverified is set while a receive goroutine delivers packets the
+	// endpoint could not verify, holding rxMu for writing; verified
+	// deliveries hold it for reading (rxcsum.go).
+	rxMu         sync.RWMutex
+	rxUnverified atomic.Bool
+	onLink       atomic.Pointer[[]netip.Prefix]
 
 	remote  atomic.Pointer[netip.AddrPort]
 	allowed atomic.Pointer[[]netip.Prefix]
@@ -269,6 +290,7 @@ func New(opts Options) (*Endpoint, error) {
 	}
 	e.remote.Store(&remote)
 	e.SetAllowedSources(opts.AllowedSources)
+	e.SetOnLink(opts.OnLink)
 	e.ipID.Store(uint32(time.Now().UnixNano()))
 	e.fragID.Store(rand.Uint32())
 	e.txPool.New = func() any { return newTxBatch(e.batch) }
@@ -313,17 +335,15 @@ func (*Endpoint) LinkAddress() tcpip.LinkAddress { return "" }
 func (*Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
 // Capabilities implements stack.LinkEndpoint.Capabilities. RX checksum
-// offload is declared only while every datagram has had its inner bytes
-// verified by the kernel (a non-zero outer UDP checksum, see ListenUDP):
-// nothing verifies them on the raw transport or behind a zero UDP
-// checksum, and there the stack checks every checksum itself. TX checksum
-// offload is always declared: the endpoint completes the checksums of the
-// packets the stack sends (txcsum.go).
+// offload is declared except while the endpoint delivers packets it could
+// not verify (rxcsum.go): everything else it delivers was verified. TX
+// checksum offload is always declared: the endpoint completes the
+// checksums of the packets the stack sends (txcsum.go).
 func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
-	if e.offloads.RXChecksum && !e.unverified.Load() {
-		return stack.CapabilityRXChecksumOffload | stack.CapabilityTXChecksumOffload
+	if e.rxUnverified.Load() {
+		return stack.CapabilityTXChecksumOffload
 	}
-	return stack.CapabilityTXChecksumOffload
+	return stack.CapabilityRXChecksumOffload | stack.CapabilityTXChecksumOffload
 }
 
 // ARPHardwareType implements stack.LinkEndpoint.ARPHardwareType.
@@ -416,13 +436,11 @@ func (e *Endpoint) receive(r Receiver) {
 			}
 		}
 	}()
-	// gd coalesces TCP segments (gVisor GRO) and hands them to fix, which
-	// repairs merged packets' checksums before the stack sees them.
-	var fix checksumFixer
+	// gd coalesces verified TCP segments (gVisor GRO) before the stack.
 	var gd groDispatcher
 	gd.g.Init(true)
-	gd.g.Dispatcher = &fix
 	seg := Message{Buffers: make([][]byte, 1)}
+	rx := &rxBatch{}
 	var lastErr time.Time
 	for {
 		n, err := r.ReadBatch(msgs)
@@ -450,51 +468,59 @@ func (e *Endpoint) receive(r Receiver) {
 			}
 			continue
 		}
-		var target stack.NetworkDispatcher = d
+		rx.to, rx.stack = d, d
 		if e.gro {
-			fix.next, fix.mtu, fix.e = d, int(e.mtu.Load()), e
-			target = &gd
+			gd.g.Dispatcher = d
+			rx.to = &gd
 		}
+		accepted := e.stats.rxPackets.Load()
+		e.rxMu.RLock()
 		for i := 0; i < n; i++ {
 			m := &msgs[i]
 			if m.GSOSize > 0 && m.GSOSize < m.N {
 				if views[i] == nil {
 					// Plain memory: deliver copies, and read into a
 					// view from now on.
-					e.deliverCoalesced(target, m, &seg, nil)
+					e.deliverCoalesced(rx, m, &seg, nil)
 					views[i] = buffer.NewViewSize(recvBufSize)
 					bufs[i][0] = views[i].AsSlice()
-				} else if e.deliverCoalesced(target, m, &seg, views[i]) {
+				} else if e.deliverCoalesced(rx, m, &seg, views[i]) {
 					views[i].Release()
 					views[i] = buffer.NewViewSize(recvBufSize)
 					bufs[i][0] = views[i].AsSlice()
 				}
 				continue
 			}
-			e.deliver(target, m)
+			e.deliver(rx, m)
 		}
 		if e.gro {
 			gd.g.Flush()
 		}
-		if n > 0 {
+		e.rxMu.RUnlock()
+		e.deliverPending(rx)
+		// The peer was heard from if anything of the batch was accepted
+		// (another receiver's packets count too: they are the peer's).
+		if e.stats.rxPackets.Load() != accepted {
 			e.stats.lastSeen.Store(time.Now().UnixNano())
 		}
 	}
 }
 
-// deliver decapsulates one datagram and hands its inner packet to d.
-func (e *Endpoint) deliver(d stack.NetworkDispatcher, m *Message) {
-	inner, netProto, ok := e.decap(m)
+// deliver decapsulates one datagram and hands its inner packet to rx: to
+// rx.to if it was verified, to rx.pending otherwise.
+func (e *Endpoint) deliver(rx *rxBatch, m *Message) {
+	inner, netProto, verified, ok := e.decap(m)
 	if !ok {
 		return
 	}
-	e.deliverCopy(d, inner, netProto, m.Verified)
+	e.deliverCopy(rx, inner, netProto, verified)
 }
 
 // decap runs every check of the decapsulation path on one datagram,
 // applies the outer ECN mark and counts the packet (or the reason it was
-// dropped). It returns the inner packet, a slice of the datagram.
-func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtocolNumber, ok bool) {
+// dropped). It returns the inner packet, a slice of the datagram, and
+// whether its checksums were verified (checkInner).
+func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtocolNumber, verified, ok bool) {
 	data := m.Buffers[0][:m.N]
 	var (
 		src      netip.AddrPort
@@ -509,7 +535,7 @@ func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtoc
 		o, inner, r = encap.DecodeIPv4(data)
 		if r != encap.OK {
 			e.stats.drop(r)
-			return nil, 0, false
+			return nil, 0, false, false
 		}
 		src = netip.AddrPortFrom(o.Src, 0)
 		proto, outerTOS, hasTOS = o.Proto, o.TOS, true
@@ -525,7 +551,7 @@ func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtoc
 		if !(e.anySourcePort && src.Addr() == remote.Addr()) {
 			if !e.roaming {
 				e.stats.drop(encap.WrongPeer)
-				return nil, 0, false
+				return nil, 0, false, false
 			}
 			newPeer = true
 		}
@@ -533,25 +559,28 @@ func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtoc
 	p, inner, r := encap.ValidateInner(inner, proto)
 	if r != encap.OK {
 		e.stats.drop(r)
-		return nil, 0, false
+		return nil, 0, false, false
 	}
 	if encap.IsMartianSource(p.Src) || encap.IsMartianDestination(p.Dst) {
 		e.stats.drop(encap.Martian)
-		return nil, 0, false
+		return nil, 0, false, false
 	}
 	if p.Dst == e.local || encap.NestingDepth(inner, e.isOurs, e.localPort, e.maxNesting) > e.maxNesting {
 		e.stats.drop(encap.Recursion)
-		return nil, 0, false
+		return nil, 0, false, false
 	}
 	if allowed := e.allowed.Load(); allowed != nil && !contains(*allowed, p.Src) {
 		e.stats.drop(encap.SpoofedSource)
-		return nil, 0, false
+		return nil, 0, false, false
+	}
+	if verified, ok = e.checkInner(m, inner, p); !ok {
+		return nil, 0, false, false
 	}
 	if hasTOS {
 		ecn, drop := encap.DecapECN(outerTOS, p.TOS)
 		if drop {
 			e.stats.drop(encap.ECNCongestion)
-			return nil, 0, false
+			return nil, 0, false, false
 		}
 		if ecn != p.TOS&3 {
 			encap.SetECN(inner, ecn)
@@ -569,29 +598,23 @@ func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtoc
 	if p.Proto == encap.ProtoIPv6 {
 		netProto = ipv6.ProtocolNumber
 	}
-	if !m.Verified && e.offloads.RXChecksum && !e.unverified.Load() {
-		// Set before this packet reaches the NIC, which asks
-		// Capabilities whether to verify it.
-		if !e.unverified.Swap(true) {
-			e.log.Info("peer sends unverified datagrams (UDP checksum 0); the stack now verifies every inner checksum",
-				"tunnel", e.name, "peer", src)
-		}
-	}
 	// Count before delivering: a reply may leave before delivery returns.
 	e.stats.rxPackets.Add(1)
 	e.stats.rxBytes.Add(uint64(len(inner)))
-	return inner, netProto, true
+	return inner, netProto, verified, true
 }
 
-// deliverCopy hands d a packet holding a copy of inner.
-func (e *Endpoint) deliverCopy(d stack.NetworkDispatcher, inner []byte, netProto tcpip.NetworkProtocolNumber, verified bool) {
+// deliverCopy hands rx a packet holding a copy of inner: to rx.to if it
+// was verified (GRO then skips verifying it again), to rx.pending if not.
+func (e *Endpoint) deliverCopy(rx *rxBatch, inner []byte, netProto tcpip.NetworkProtocolNumber, verified bool) {
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(inner)})
 	pkt.NetworkProtocolNumber = netProto
-	// GRO skips verifying what the kernel verified, but only what comes
-	// straight from a transport that says so: a wrapper (an impairment,
-	// say) may have changed the bytes since.
-	pkt.RXChecksumValidated = verified && e.offloads.RXChecksum
-	d.DeliverNetworkPacket(netProto, pkt)
+	if !verified {
+		rx.pending = append(rx.pending, pkt)
+		return
+	}
+	pkt.RXChecksumValidated = true
+	rx.to.DeliverNetworkPacket(netProto, pkt)
 	pkt.DecRef()
 }
 

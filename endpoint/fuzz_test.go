@@ -280,7 +280,9 @@ func FuzzDeliver(f *testing.F) {
 		}
 		before := r.e.Stats()
 		d := &checkingDispatcher{t: t, next: r.disp}
-		r.e.deliver(d, &m)
+		b := directRX(d)
+		r.e.deliver(b, &m)
+		r.e.deliverPending(b)
 		after := r.e.Stats()
 		rx := after.RxPackets - before.RxPackets
 		drops := rxDrops(&after) - rxDrops(&before)

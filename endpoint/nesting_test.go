@@ -165,7 +165,8 @@ func TestRecursionDropAllocs(t *testing.T) {
 	m := Message{Buffers: [][]byte{buf}, N: copy(buf, nested(50, nestMix, rtLocal4.String(), inner4("10.99.0.1", "10.99.0.2", 0))),
 		Addr: netip.AddrPortFrom(rtPeer4, 4701)}
 	var d nopDispatcher
-	n := testing.AllocsPerRun(1000, func() { ep.deliver(d, &m) })
+	rx := directRX(d)
+	n := testing.AllocsPerRun(1000, func() { ep.deliver(rx, &m) })
 	if got := ep.Stats(); got.Drops[encap.Recursion] == 0 || got.RxPackets != 0 {
 		t.Fatalf("the datagram was not dropped as recursion: %+v", got)
 	}

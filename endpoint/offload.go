@@ -19,8 +19,9 @@ type Offloads struct {
 	// GRO: a read Message may hold several datagrams of GSOSize bytes
 	// back to back (UDP_GRO).
 	GRO bool
-	// RXChecksum: read Messages say whether the kernel verified them
-	// (Message.Verified), and most are expected to be.
+	// RXChecksum: read Messages say truly whether the kernel verified
+	// them (Message.Verified). A transport without it, such as a wrapper
+	// that may change bytes after the kernel's check, is never trusted.
 	RXChecksum bool
 }
 
@@ -170,77 +171,4 @@ func (d *groDispatcher) DeliverNetworkPacket(_ tcpip.NetworkProtocolNumber, pkt 
 // DeliverLinkPacket implements stack.NetworkDispatcher.
 func (d *groDispatcher) DeliverLinkPacket(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	d.g.Dispatcher.DeliverLinkPacket(p, pkt)
-}
-
-// checksumFixer sits between GRO and the stack. GRO updates only the IP
-// length of a merged packet, so its IPv4 header and TCP checksums are
-// stale. Where the endpoint declares no RX checksum offload (nothing on a
-// raw or checksum-0 UDP path verified the inner bytes), the stack verifies
-// every checksum, and a merged packet needs correct ones. Each segment's
-// checksum was verified before GRO merged it (by GRO itself, or by the
-// kernel), so recomputing accepts nothing unverified.
-type checksumFixer struct {
-	next stack.NetworkDispatcher
-	e    *Endpoint
-	// mtu is the inner MTU: a TCP packet larger than it was merged.
-	mtu int
-}
-
-// DeliverNetworkPacket implements stack.NetworkDispatcher.
-func (f *checksumFixer) DeliverNetworkPacket(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	// With RX checksum offload declared the stack trusts the packet as
-	// it is; otherwise a merged packet needs correct checksums.
-	if pkt.Data().Size() > f.mtu && f.e.Capabilities()&stack.CapabilityRXChecksumOffload == 0 {
-		fixMergedChecksum(pkt)
-	}
-	f.next.DeliverNetworkPacket(p, pkt)
-}
-
-// DeliverLinkPacket implements stack.NetworkDispatcher.
-func (f *checksumFixer) DeliverLinkPacket(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	f.next.DeliverLinkPacket(p, pkt)
-}
-
-// fixMergedChecksum recomputes the IPv4 header checksum and the TCP
-// checksum of a packet GRO merged.
-// GRO merges only TCP without IPv4 options or IPv6 extension headers.
-func fixMergedChecksum(pkt *stack.PacketBuffer) {
-	hdr, ok := pkt.Data().PullUp(header.IPv6MinimumSize)
-	if !ok {
-		return
-	}
-	var l3 int
-	var src, dst tcpip.Address
-	switch hdr[0] >> 4 {
-	case 4:
-		h := header.IPv4(hdr)
-		if h.Protocol() != uint8(header.TCPProtocolNumber) {
-			return
-		}
-		l3, src, dst = int(h.HeaderLength()), h.SourceAddress(), h.DestinationAddress()
-	case 6:
-		h := header.IPv6(hdr)
-		if h.NextHeader() != uint8(header.TCPProtocolNumber) {
-			return
-		}
-		l3, src, dst = header.IPv6MinimumSize, h.SourceAddress(), h.DestinationAddress()
-	default:
-		return
-	}
-	b, ok := pkt.Data().PullUp(l3 + header.TCPMinimumSize)
-	if !ok {
-		return
-	}
-	if b[0]>>4 == 4 {
-		// GRO updated the total length but not the header checksum.
-		h := header.IPv4(b[:l3])
-		h.SetChecksum(0)
-		h.SetChecksum(^h.CalculateChecksum())
-	}
-	tcp := header.TCP(b[l3:])
-	tcp.SetChecksum(0)
-	l4 := pkt.Data().Size() - l3
-	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(l4))
-	sum = checksum.Combine(sum, pkt.Data().ChecksumAtOffset(l3))
-	tcp.SetChecksum(^sum)
 }

@@ -205,7 +205,7 @@ func inner4(src, dst string, tos uint8) []byte {
 }
 
 // inner6 is an IPv6 UDP packet src -> dst with traffic class tc, hop limit
-// 64 and 32 bytes of data.
+// 64, 32 bytes of data and a valid checksum.
 func inner6(src, dst string, tc uint8) []byte {
 	p := make([]byte, 40+8+32)
 	header.IPv6(p).Encode(&header.IPv6Fields{
@@ -219,6 +219,8 @@ func inner6(src, dst string, tc uint8) []byte {
 	for i := 48; i < len(p); i++ {
 		p[i] = byte(i)
 	}
+	// A UDP checksum is mandatory over IPv6 (RFC 8200 §8.1).
+	binary.BigEndian.PutUint16(p[46:], csum(p[40:], pseudo(netip.MustParseAddr(src), netip.MustParseAddr(dst), 17, 40)))
 	return p
 }
 
@@ -699,7 +701,8 @@ func TestDeliverAllocs(t *testing.T) {
 	pkt := outer4(rtPeer4, 4, encap.ECNECT0, inner4("10.99.0.1", "10.99.0.2", encap.ECNECT0))
 	m := Message{Buffers: [][]byte{buf}, N: copy(buf, pkt)}
 	var d nopDispatcher
-	ok := testing.AllocsPerRun(1000, func() { ep.deliver(d, &m) })
+	rx := directRX(d)
+	ok := testing.AllocsPerRun(1000, func() { ep.deliver(rx, &m) })
 	if got := ep.Stats(); got.DropTotal() != 0 || got.RxPackets == 0 {
 		t.Fatalf("the datagram was not delivered: %+v", got)
 	}
@@ -707,7 +710,7 @@ func TestDeliverAllocs(t *testing.T) {
 
 	bad := outer4(netip.MustParseAddr("192.0.2.3"), 4, 0, inner4("10.99.0.1", "10.99.0.2", 0))
 	mb := Message{Buffers: [][]byte{buf}, N: copy(buf, bad)}
-	drop := testing.AllocsPerRun(1000, func() { ep.deliver(d, &mb) })
+	drop := testing.AllocsPerRun(1000, func() { ep.deliver(rx, &mb) })
 	t.Logf("deliver of a wrong-peer datagram: %.1f allocations", drop)
 	if drop != 0 {
 		t.Errorf("the drop path allocates %.1f times per datagram, want 0", drop)

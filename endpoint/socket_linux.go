@@ -141,8 +141,8 @@ func (t *sockTransport) Close() error {
 // drops datagrams whose non-zero checksum is wrong, so everything the
 // first socket reads had its inner bytes verified, and the endpoint need
 // not verify them again (Message.Verified). Where the group cannot be set
-// up, one socket reads everything, unverified. Over IPv6 a zero checksum
-// is refused by the kernel, so every datagram is verified.
+// up, one socket reads everything, unverified. Over IPv6 the kernel drops
+// a zero checksum (no UDP_NO_CHECK6_RX), so every datagram is verified.
 func ListenUDP(local netip.AddrPort, opts SocketOptions) (Transport, error) {
 	v6 := local.Addr().Is6() && !local.Addr().Is4In6()
 	t := &sockTransport{framing: FramingUDP, txBatch: newMmsgBatch(opts.batch())}
@@ -168,6 +168,7 @@ func ListenUDP(local netip.AddrPort, opts SocketOptions) (Transport, error) {
 	t.local = first.local
 	t.offloads = first.off
 	t.rx = []*sockReceiver{{c: first.sc, verified: v6}}
+	t.offloads.RXChecksum = v6
 	t.openProbe(v6)
 	if !v6 {
 		if second, err := listenUDP(first.local, false, opts, true); err == nil {

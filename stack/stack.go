@@ -377,6 +377,7 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 		PathMTU:        t.PathMTU,
 		Policy:         t.Policy,
 		AllowedSources: allowed,
+		OnLink:         t.Addresses,
 		Roaming:        t.Roaming,
 		AnySourcePort:  t.AnySourcePort,
 		MaxNesting:     t.MaxNesting,

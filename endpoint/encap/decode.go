@@ -48,6 +48,10 @@ const (
 	SendError
 	// Closed: the endpoint was closed.
 	Closed
+	// BadChecksum: the inner TCP, UDP or ICMP checksum is wrong (the
+	// endpoint verifies every inner packet that nothing else verified;
+	// see the endpoint package doc).
+	BadChecksum
 	numReasons
 )
 
@@ -71,6 +75,7 @@ var reasonNames = [...]string{
 	NotIP:            "not_ip",
 	SendError:        "send_error",
 	Closed:           "closed",
+	BadChecksum:      "bad_checksum",
 }
 
 func (r Reason) String() string {
