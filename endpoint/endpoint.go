@@ -136,6 +136,9 @@ type Endpoint struct {
 	offloads Offloads
 	gsoMax   uint32
 	gro      bool
+	// gsoOff is set, for good, once the kernel refuses a UDP GSO send at
+	// run time (refuseGSO): super-segments then leave as plain datagrams.
+	gsoOff atomic.Bool
 	// unverified is set, for good, once a datagram arrives that the
 	// kernel did not verify on a transport that verifies most
 	// (Offloads.RXChecksum): from then on the stack checks every checksum.
@@ -725,25 +728,40 @@ func (e *Endpoint) writeSuper(tb *txBatch, pkt *stack.PacketBuffer, mss int, rem
 		return
 	}
 	n, segSize := segmentTCP(buf, pkt, mss)
-	in, _ := encap.PeekInner(buf)
-	if e.offloads.GSO {
-		if tb.n == len(tb.msgs) {
-			e.flushKeep(tb) // buf is in use: a flush would hand it out again
-		}
-		i := tb.n
-		m := &tb.msgs[i]
-		segs := append(tb.segs[i][:0], buf[:n])
-		m.Buffers, m.Addr, m.GSOSize = segs, remote, segSize
-		if pieces == 1 {
-			m.GSOSize = 0
-		}
-		e.outerFields(m, in)
-		tb.packets[i], tb.bytes[i] = pieces, n
-		tb.n++
+	if e.offloads.GSO && !e.gsoOff.Load() {
+		e.queueGSO(tb, buf[:n], segSize, remote)
 		return
 	}
 	for off := 0; off < n; off += segSize {
 		e.queuePiece(tb, buf[off:min(off+segSize, n)], remote)
+	}
+}
+
+// queueGSO queues b, inner packets of segSize bytes back to back (the last
+// may be shorter) in a buffer of tb's, as UDP_SEGMENT messages that each
+// stay within the kernel's limits of one send (gsoSegmentsPerSend): the
+// stack sizes super-segments for MTU-sized packets (gsoMaxSize), but cut
+// at a smaller MSS (a peer's, or one lowered by path MTU discovery) one
+// can hold twice as many packets and more than 64 KiB. A full batch is
+// sent first, its buffers kept: the rest of b is still to be queued.
+func (e *Endpoint) queueGSO(tb *txBatch, b []byte, segSize int, remote netip.AddrPort) {
+	in, _ := encap.PeekInner(b)
+	per := gsoSegmentsPerSend(segSize) * segSize
+	for len(b) > 0 {
+		if tb.n == len(tb.msgs) {
+			e.flushKeep(tb)
+		}
+		k := min(len(b), per)
+		i := tb.n
+		m := &tb.msgs[i]
+		m.Buffers, m.Addr, m.GSOSize = append(tb.segs[i][:0], b[:k]), remote, segSize
+		if k <= segSize {
+			m.GSOSize = 0 // one packet: a plain datagram
+		}
+		e.outerFields(m, in)
+		tb.packets[i], tb.bytes[i] = (k+segSize-1)/segSize, k
+		tb.n++
+		b = b[k:]
 	}
 }
 
@@ -940,6 +958,13 @@ func (e *Endpoint) send(msgs []Message, packets, bytes []int) {
 			// The kernel refuses UDP GSO segments above the path MTU
 			// with EINVAL (udp_send_skb), not EMSGSIZE.
 			reason = encap.TooBig
+		case msgs[0].GSOSize > 0 && (errors.Is(err, syscall.EIO) || errors.Is(err, syscall.EINVAL)):
+			// Not the path MTU (above) nor the limits of one send
+			// (queueGSO): the kernel refuses UDP_SEGMENT here.
+			e.refuseGSO(err)
+			e.sendPlain(&msgs[0])
+			msgs, packets, bytes = msgs[1:], packets[1:], bytes[1:]
+			continue
 		case errors.Is(err, ErrClosed):
 			for i := range msgs {
 				e.stats.drops[encap.Closed].Add(uint64(packets[i]))
@@ -950,6 +975,45 @@ func (e *Endpoint) send(msgs []Message, packets, bytes []int) {
 		}
 		e.stats.drops[reason].Add(uint64(packets[0]))
 		msgs, packets, bytes = msgs[1:], packets[1:], bytes[1:]
+	}
+}
+
+// refuseGSO turns UDP GSO off for good after the kernel refused a
+// UDP_SEGMENT send with err: EIO from udp_send_skb when the route's device
+// cannot checksum (wireguard-go's ErrUDPGSODisabled), or EINVAL for a
+// message within the limits of one send and the path MTU (some kernels
+// refuse UDP GSO over IPv6, say). Super-segments are cut into plain
+// datagrams from then on.
+func (e *Endpoint) refuseGSO(err error) {
+	e.stats.gsoRefused.Add(1)
+	if !e.gsoOff.Swap(true) {
+		e.log.Warn("the kernel refused a UDP GSO send; sending one datagram per packet from now on",
+			"tunnel", e.name, "err", err,
+			"hint", "check the TX checksum offload of the outer route's device (ethtool -k), or set DisableGSO to silence this")
+	}
+}
+
+// sendPlain sends the packets of m, a UDP GSO message, as one datagram
+// each, and counts them. It allocates, but runs only when the kernel
+// refuses UDP GSO, for good after the first time.
+func (e *Endpoint) sendPlain(m *Message) {
+	const chunk = maxGSOSegments
+	var (
+		msgs          [chunk]Message
+		bufs          [chunk][1][]byte
+		packets, size [chunk]int
+	)
+	b := m.Buffers[0]
+	for len(b) > 0 {
+		k := 0
+		for ; k < chunk && len(b) > 0; k++ {
+			p := b[:min(m.GSOSize, len(b))]
+			b = b[len(p):]
+			bufs[k][0] = p
+			msgs[k] = Message{Buffers: bufs[k][:], Addr: m.Addr, TOS: m.TOS, TTL: m.TTL}
+			packets[k], size[k] = 1, len(p)
+		}
+		e.send(msgs[:k], packets[:k], size[:k])
 	}
 }
 
