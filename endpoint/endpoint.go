@@ -122,7 +122,6 @@ type Endpoint struct {
 	name          string
 	tr            Transport
 	framing       Framing
-	enc           *encap.Encoder
 	pol           encap.Policy
 	local         netip.Addr
 	localPort     uint16 // the UDP port of FOU headers that nest back to us; 0 for raw
@@ -144,7 +143,12 @@ type Endpoint struct {
 	// (Offloads.RXChecksum): from then on the stack checks every checksum.
 	unverified atomic.Bool
 
+	// remote is the peer's outer address, as the receive path checks it;
+	// peer is what the send path needs of it, the address and its outer
+	// header encoder, swapped together (storePeer, under roamMu).
 	remote  atomic.Pointer[netip.AddrPort]
+	peer    atomic.Pointer[txPeer]
+	roamMu  sync.Mutex
 	allowed atomic.Pointer[[]netip.Prefix]
 	mtu     atomic.Uint32
 	ipID    atomic.Uint32
@@ -233,16 +237,8 @@ func New(opts Options) (*Endpoint, error) {
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
-	if framing != FramingUDP {
-		src := local
-		if src.IsUnspecified() {
-			return nil, errors.New("endpoint: a raw transport needs a local address to write into outer headers")
-		}
-		enc, err := encap.NewEncoder(src, remote.Addr(), opts.Policy)
-		if err != nil {
-			return nil, err
-		}
-		e.enc = enc
+	if framing != FramingUDP && local.IsUnspecified() {
+		return nil, errors.New("endpoint: a raw transport needs a local address to write into outer headers")
 	}
 	mtu := opts.MTU
 	if mtu == 0 {
@@ -270,7 +266,11 @@ func New(opts Options) (*Endpoint, error) {
 	if opts.DisableGSO {
 		e.offloads.GSO = false
 	}
-	e.remote.Store(&remote)
+	p, err := e.newTxPeer(remote)
+	if err != nil {
+		return nil, err
+	}
+	e.storePeer(p)
 	e.SetAllowedSources(opts.AllowedSources)
 	e.ipID.Store(uint32(time.Now().UnixNano()))
 	e.fragID.Store(rand.Uint32())
@@ -291,6 +291,49 @@ func (e *Endpoint) SetAllowedSources(p []netip.Prefix) {
 
 // Remote returns the peer's current outer address.
 func (e *Endpoint) Remote() netip.AddrPort { return *e.remote.Load() }
+
+// txPeer is the peer as the send path sees it: its outer address and, for
+// a raw transport, the encoder of outer headers addressed to it (nil for
+// UDP, whose outer header the kernel writes from Message.Addr).
+type txPeer struct {
+	addr netip.AddrPort
+	enc  *encap.Encoder
+}
+
+// setRemote makes peer, to which the peer roamed, the destination of what
+// the endpoint sends: the socket address and, over raw sockets
+// (IP_HDRINCL: the kernel sends the header as the endpoint wrote it), the
+// outer header's destination. It allocates; roaming is rare.
+func (e *Endpoint) setRemote(peer netip.AddrPort) {
+	p, err := e.newTxPeer(peer)
+	if err != nil {
+		// Not reached: the receiving socket's family is the local one.
+		e.log.Warn("tunnel peer not moved", "tunnel", e.name, "to", peer, "err", err)
+		return
+	}
+	e.storePeer(p)
+}
+
+func (e *Endpoint) newTxPeer(peer netip.AddrPort) (*txPeer, error) {
+	p := &txPeer{addr: peer}
+	if e.framing != FramingUDP {
+		enc, err := encap.NewEncoder(e.local, peer.Addr(), e.pol)
+		if err != nil {
+			return nil, fmt.Errorf("endpoint: outer header from %v to %v: %w", e.local, peer.Addr(), err)
+		}
+		p.enc = enc
+	}
+	return p, nil
+}
+
+// storePeer swaps in p for both paths. roamMu keeps remote and peer from
+// naming different peers when two receive goroutines see a roam at once.
+func (e *Endpoint) storePeer(p *txPeer) {
+	e.roamMu.Lock()
+	defer e.roamMu.Unlock()
+	e.peer.Store(p)
+	e.remote.Store(&p.addr)
+}
 
 // LocalAddr returns the local outer address.
 func (e *Endpoint) LocalAddr() netip.AddrPort { return e.tr.LocalAddr() }
@@ -564,8 +607,7 @@ func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtoc
 		e.learnTooBig(inner) // a Packet Too Big's path MTU (pmtu6.go)
 	}
 	if newPeer {
-		peer := src // a copy: taking src's address would move it to the heap on every call
-		e.remote.Store(&peer)
+		e.setRemote(src)
 		e.log.Info("tunnel peer moved", "tunnel", e.name, "from", *remote, "to", src)
 	}
 	netProto = ipv4.ProtocolNumber
@@ -630,6 +672,9 @@ type txBatch struct {
 	gso     [][]byte
 	gsoUsed int
 	gsoFree int
+	// enc writes the outer headers of this call's messages, for the peer
+	// WritePackets saw when it began (nil for UDP).
+	enc *encap.Encoder
 }
 
 func newTxBatch(n int) *txBatch {
@@ -686,7 +731,9 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		return 0, &tcpip.ErrClosedForSend{}
 	}
 	tb := e.txPool.Get().(*txBatch)
-	remote := *e.remote.Load()
+	peer := e.peer.Load()
+	remote := peer.addr
+	tb.enc = peer.enc
 	mtu := int(e.mtu.Load())
 	for _, pkt := range pkts.AsSlice() {
 		gso := pkt.GSOOptions
@@ -704,6 +751,7 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		e.queue(tb, pkt, remote, mtu)
 	}
 	e.flush(tb)
+	tb.enc = nil
 	e.txPool.Put(tb)
 	return pkts.Len(), nil
 }
@@ -775,9 +823,9 @@ func (e *Endpoint) queuePiece(tb *txBatch, p []byte, remote netip.AddrPort) {
 	i := tb.n
 	m := &tb.msgs[i]
 	segs := tb.segs[i][:0]
-	if e.enc != nil {
+	if tb.enc != nil {
 		hdr := tb.hdrs[i][:]
-		k, err := e.enc.EncodeHead(hdr, p, len(p), uint16(e.ipID.Add(1)))
+		k, err := tb.enc.EncodeHead(hdr, p, len(p), uint16(e.ipID.Add(1)))
 		if err != nil {
 			e.stats.drop(encap.NotIP)
 			return
@@ -831,7 +879,7 @@ func (e *Endpoint) encode(tb *txBatch, i int, pkt *stack.PacketBuffer, remote ne
 		return false
 	}
 	segs := tb.segs[i][:0]
-	if e.enc != nil {
+	if tb.enc != nil {
 		segs = append(segs, nil) // the outer header, below
 	}
 	vl, off := pkt.AsViewList()
@@ -849,7 +897,7 @@ func (e *Endpoint) encode(tb *txBatch, i int, pkt *stack.PacketBuffer, remote ne
 		segs = append(segs, b)
 	}
 	first := 0
-	if e.enc != nil {
+	if tb.enc != nil {
 		first = 1
 	}
 	if len(segs) <= first {
@@ -865,9 +913,9 @@ func (e *Endpoint) encode(tb *txBatch, i int, pkt *stack.PacketBuffer, remote ne
 		fixPacketTooBig(segs[first])
 	}
 	m := &tb.msgs[i]
-	if e.enc != nil {
+	if tb.enc != nil {
 		hdr := tb.hdrs[i][:]
-		n, err := e.enc.EncodeHead(hdr, segs[first], size, uint16(e.ipID.Add(1)))
+		n, err := tb.enc.EncodeHead(hdr, segs[first], size, uint16(e.ipID.Add(1)))
 		if err != nil {
 			e.stats.drop(encap.NotIP)
 			return false
