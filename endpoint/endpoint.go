@@ -745,7 +745,7 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 			if gso.NeedsCsum {
 				finishChecksum(pkt)
 			}
-		} else if e.txChecksum(tb, pkt, remote, mtu) {
+		} else if clearFragmentDF(pkt); e.txChecksum(tb, pkt, remote, mtu) {
 			continue // queued or held back by txcsum.go
 		}
 		e.queue(tb, pkt, remote, mtu)
