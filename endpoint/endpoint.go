@@ -151,7 +151,7 @@ type Endpoint struct {
 	roamMu  sync.Mutex
 	allowed atomic.Pointer[[]netip.Prefix]
 	mtu     atomic.Uint32
-	ipID    atomic.Uint32
+	ipID    atomic.Uint32 // numbers the outer IPv4 headers of raw IPv4, one per packet; over UDP the kernel writes the ID
 	closed  atomic.Bool
 	// tooBigPending counts ICMP errors on their way into the stack (pmtu.go).
 	tooBigPending atomic.Int32
