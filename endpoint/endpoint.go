@@ -108,7 +108,10 @@ type Options struct {
 	BatchSize int
 	// DisableGSO stops the stack from handing the endpoint 64 KiB TCP
 	// super-segments (host GSO), which the endpoint cuts into wire-size
-	// packets and, where the transport has UDP GSO, sends in one call.
+	// packets and, where the transport has UDP GSO, sends in as few calls
+	// as the kernel's limits of one UDP_SEGMENT send allow (64 datagrams,
+	// 65,507 bytes). If the kernel refuses UDP GSO at run time, the
+	// endpoint sends plain datagrams from then on (Stats.TxGSORefused).
 	DisableGSO bool
 	// DisableGRO turns off receive offloads: UDP GRO on the socket and
 	// gVisor's coalescing of TCP segments before TCP.
@@ -725,7 +728,9 @@ func (tb *txBatch) pieceBuf(n int) []byte {
 // like a NIC drops on the wire; only a closed endpoint returns an error.
 //
 // TCP super-segments (host GSO) are cut into wire-size packets here; over
-// a transport with UDP GSO they leave in one system call.
+// a transport with UDP GSO they leave in UDP_SEGMENT sends of at most 64
+// packets and 65,507 bytes each (queueGSO). IPv4 fragments the stack
+// sends lose DF (fragdf.go).
 func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	if e.closed.Load() {
 		return 0, &tcpip.ErrClosedForSend{}
@@ -757,8 +762,8 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 }
 
 // writeSuper cuts a TCP super-segment into packets of mss payload bytes
-// and queues them: as one UDP_SEGMENT message where the transport can, as
-// one message per packet otherwise.
+// and queues them: as UDP_SEGMENT messages where the transport can
+// (queueGSO), as one message per packet otherwise.
 func (e *Endpoint) writeSuper(tb *txBatch, pkt *stack.PacketBuffer, mss int, remote netip.AddrPort, mtu int) {
 	hdr := len(pkt.NetworkHeader().Slice()) + len(pkt.TransportHeader().Slice())
 	if hdr+mss > mtu {
