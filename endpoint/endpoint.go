@@ -127,7 +127,10 @@ type Options struct {
 	BatchSize int
 	// DisableGSO stops the stack from handing the endpoint 64 KiB TCP
 	// super-segments (host GSO), which the endpoint cuts into wire-size
-	// packets and, where the transport has UDP GSO, sends in one call.
+	// packets and, where the transport has UDP GSO, sends in as few calls
+	// as the kernel's limits of one UDP_SEGMENT send allow (64 datagrams,
+	// 65,507 bytes). If the kernel refuses UDP GSO at run time, the
+	// endpoint sends plain datagrams from then on (Stats.TxGSORefused).
 	DisableGSO bool
 	// DisableGRO turns off receive offloads: UDP GRO on the socket and
 	// gVisor's coalescing of TCP segments before TCP.
@@ -141,7 +144,6 @@ type Endpoint struct {
 	name          string
 	tr            Transport
 	framing       Framing
-	enc           *encap.Encoder
 	pol           encap.Policy
 	local         netip.Addr
 	localPort     uint16 // the UDP port of FOU headers that nest back to us; 0 for raw
@@ -161,11 +163,19 @@ type Endpoint struct {
 	rxMu         sync.RWMutex
 	rxUnverified atomic.Bool
 	onLink       atomic.Pointer[[]netip.Prefix]
+	// gsoOff is set, for good, once the kernel refuses a UDP GSO send at
+	// run time (refuseGSO): super-segments then leave as plain datagrams.
+	gsoOff atomic.Bool
 
+	// remote is the peer's outer address, as the receive path checks it;
+	// peer is what the send path needs of it, the address and its outer
+	// header encoder, swapped together (storePeer, under roamMu).
 	remote  atomic.Pointer[netip.AddrPort]
+	peer    atomic.Pointer[txPeer]
+	roamMu  sync.Mutex
 	allowed atomic.Pointer[[]netip.Prefix]
 	mtu     atomic.Uint32
-	ipID    atomic.Uint32
+	ipID    atomic.Uint32 // numbers the outer IPv4 headers of raw IPv4, one per packet; over UDP the kernel writes the ID
 	closed  atomic.Bool
 	// tooBigPending counts ICMP errors on their way into the stack (pmtu.go).
 	tooBigPending atomic.Int32
@@ -251,16 +261,8 @@ func New(opts Options) (*Endpoint, error) {
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
-	if framing != FramingUDP {
-		src := local
-		if src.IsUnspecified() {
-			return nil, errors.New("endpoint: a raw transport needs a local address to write into outer headers")
-		}
-		enc, err := encap.NewEncoder(src, remote.Addr(), opts.Policy)
-		if err != nil {
-			return nil, err
-		}
-		e.enc = enc
+	if framing != FramingUDP && local.IsUnspecified() {
+		return nil, errors.New("endpoint: a raw transport needs a local address to write into outer headers")
 	}
 	mtu := opts.MTU
 	if mtu == 0 {
@@ -288,7 +290,11 @@ func New(opts Options) (*Endpoint, error) {
 	if opts.DisableGSO {
 		e.offloads.GSO = false
 	}
-	e.remote.Store(&remote)
+	p, err := e.newTxPeer(remote)
+	if err != nil {
+		return nil, err
+	}
+	e.storePeer(p)
 	e.SetAllowedSources(opts.AllowedSources)
 	e.SetOnLink(opts.OnLink)
 	e.ipID.Store(uint32(time.Now().UnixNano()))
@@ -310,6 +316,49 @@ func (e *Endpoint) SetAllowedSources(p []netip.Prefix) {
 
 // Remote returns the peer's current outer address.
 func (e *Endpoint) Remote() netip.AddrPort { return *e.remote.Load() }
+
+// txPeer is the peer as the send path sees it: its outer address and, for
+// a raw transport, the encoder of outer headers addressed to it (nil for
+// UDP, whose outer header the kernel writes from Message.Addr).
+type txPeer struct {
+	addr netip.AddrPort
+	enc  *encap.Encoder
+}
+
+// setRemote makes peer, to which the peer roamed, the destination of what
+// the endpoint sends: the socket address and, over raw sockets
+// (IP_HDRINCL: the kernel sends the header as the endpoint wrote it), the
+// outer header's destination. It allocates; roaming is rare.
+func (e *Endpoint) setRemote(peer netip.AddrPort) {
+	p, err := e.newTxPeer(peer)
+	if err != nil {
+		// Not reached: the receiving socket's family is the local one.
+		e.log.Warn("tunnel peer not moved", "tunnel", e.name, "to", peer, "err", err)
+		return
+	}
+	e.storePeer(p)
+}
+
+func (e *Endpoint) newTxPeer(peer netip.AddrPort) (*txPeer, error) {
+	p := &txPeer{addr: peer}
+	if e.framing != FramingUDP {
+		enc, err := encap.NewEncoder(e.local, peer.Addr(), e.pol)
+		if err != nil {
+			return nil, fmt.Errorf("endpoint: outer header from %v to %v: %w", e.local, peer.Addr(), err)
+		}
+		p.enc = enc
+	}
+	return p, nil
+}
+
+// storePeer swaps in p for both paths. roamMu keeps remote and peer from
+// naming different peers when two receive goroutines see a roam at once.
+func (e *Endpoint) storePeer(p *txPeer) {
+	e.roamMu.Lock()
+	defer e.roamMu.Unlock()
+	e.peer.Store(p)
+	e.remote.Store(&p.addr)
+}
 
 // LocalAddr returns the local outer address.
 func (e *Endpoint) LocalAddr() netip.AddrPort { return e.tr.LocalAddr() }
@@ -590,8 +639,7 @@ func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtoc
 		e.learnTooBig(inner) // a Packet Too Big's path MTU (pmtu6.go)
 	}
 	if newPeer {
-		peer := src // a copy: taking src's address would move it to the heap on every call
-		e.remote.Store(&peer)
+		e.setRemote(src)
 		e.log.Info("tunnel peer moved", "tunnel", e.name, "from", *remote, "to", src)
 	}
 	netProto = ipv4.ProtocolNumber
@@ -650,6 +698,9 @@ type txBatch struct {
 	gso     [][]byte
 	gsoUsed int
 	gsoFree int
+	// enc writes the outer headers of this call's messages, for the peer
+	// WritePackets saw when it began (nil for UDP).
+	enc *encap.Encoder
 }
 
 func newTxBatch(n int) *txBatch {
@@ -700,13 +751,17 @@ func (tb *txBatch) pieceBuf(n int) []byte {
 // like a NIC drops on the wire; only a closed endpoint returns an error.
 //
 // TCP super-segments (host GSO) are cut into wire-size packets here; over
-// a transport with UDP GSO they leave in one system call.
+// a transport with UDP GSO they leave in UDP_SEGMENT sends of at most 64
+// packets and 65,507 bytes each (queueGSO). IPv4 fragments the stack
+// sends lose DF (fragdf.go).
 func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	if e.closed.Load() {
 		return 0, &tcpip.ErrClosedForSend{}
 	}
 	tb := e.txPool.Get().(*txBatch)
-	remote := *e.remote.Load()
+	peer := e.peer.Load()
+	remote := peer.addr
+	tb.enc = peer.enc
 	mtu := int(e.mtu.Load())
 	for _, pkt := range pkts.AsSlice() {
 		gso := pkt.GSOOptions
@@ -718,19 +773,20 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 			if gso.NeedsCsum {
 				finishChecksum(pkt)
 			}
-		} else if e.txChecksum(tb, pkt, remote, mtu) {
+		} else if clearFragmentDF(pkt); e.txChecksum(tb, pkt, remote, mtu) {
 			continue // queued or held back by txcsum.go
 		}
 		e.queue(tb, pkt, remote, mtu)
 	}
 	e.flush(tb)
+	tb.enc = nil
 	e.txPool.Put(tb)
 	return pkts.Len(), nil
 }
 
 // writeSuper cuts a TCP super-segment into packets of mss payload bytes
-// and queues them: as one UDP_SEGMENT message where the transport can, as
-// one message per packet otherwise.
+// and queues them: as UDP_SEGMENT messages where the transport can
+// (queueGSO), as one message per packet otherwise.
 func (e *Endpoint) writeSuper(tb *txBatch, pkt *stack.PacketBuffer, mss int, remote netip.AddrPort, mtu int) {
 	hdr := len(pkt.NetworkHeader().Slice()) + len(pkt.TransportHeader().Slice())
 	if hdr+mss > mtu {
@@ -748,25 +804,40 @@ func (e *Endpoint) writeSuper(tb *txBatch, pkt *stack.PacketBuffer, mss int, rem
 		return
 	}
 	n, segSize := segmentTCP(buf, pkt, mss)
-	in, _ := encap.PeekInner(buf)
-	if e.offloads.GSO {
-		if tb.n == len(tb.msgs) {
-			e.flushKeep(tb) // buf is in use: a flush would hand it out again
-		}
-		i := tb.n
-		m := &tb.msgs[i]
-		segs := append(tb.segs[i][:0], buf[:n])
-		m.Buffers, m.Addr, m.GSOSize = segs, remote, segSize
-		if pieces == 1 {
-			m.GSOSize = 0
-		}
-		e.outerFields(m, in)
-		tb.packets[i], tb.bytes[i] = pieces, n
-		tb.n++
+	if e.offloads.GSO && !e.gsoOff.Load() {
+		e.queueGSO(tb, buf[:n], segSize, remote)
 		return
 	}
 	for off := 0; off < n; off += segSize {
 		e.queuePiece(tb, buf[off:min(off+segSize, n)], remote)
+	}
+}
+
+// queueGSO queues b, inner packets of segSize bytes back to back (the last
+// may be shorter) in a buffer of tb's, as UDP_SEGMENT messages that each
+// stay within the kernel's limits of one send (gsoSegmentsPerSend): the
+// stack sizes super-segments for MTU-sized packets (gsoMaxSize), but cut
+// at a smaller MSS (a peer's, or one lowered by path MTU discovery) one
+// can hold twice as many packets and more than 64 KiB. A full batch is
+// sent first, its buffers kept: the rest of b is still to be queued.
+func (e *Endpoint) queueGSO(tb *txBatch, b []byte, segSize int, remote netip.AddrPort) {
+	in, _ := encap.PeekInner(b)
+	per := gsoSegmentsPerSend(segSize) * segSize
+	for len(b) > 0 {
+		if tb.n == len(tb.msgs) {
+			e.flushKeep(tb)
+		}
+		k := min(len(b), per)
+		i := tb.n
+		m := &tb.msgs[i]
+		m.Buffers, m.Addr, m.GSOSize = append(tb.segs[i][:0], b[:k]), remote, segSize
+		if k <= segSize {
+			m.GSOSize = 0 // one packet: a plain datagram
+		}
+		e.outerFields(m, in)
+		tb.packets[i], tb.bytes[i] = (k+segSize-1)/segSize, k
+		tb.n++
+		b = b[k:]
 	}
 }
 
@@ -780,9 +851,9 @@ func (e *Endpoint) queuePiece(tb *txBatch, p []byte, remote netip.AddrPort) {
 	i := tb.n
 	m := &tb.msgs[i]
 	segs := tb.segs[i][:0]
-	if e.enc != nil {
+	if tb.enc != nil {
 		hdr := tb.hdrs[i][:]
-		k, err := e.enc.EncodeHead(hdr, p, len(p), uint16(e.ipID.Add(1)))
+		k, err := tb.enc.EncodeHead(hdr, p, len(p), uint16(e.ipID.Add(1)))
 		if err != nil {
 			e.stats.drop(encap.NotIP)
 			return
@@ -836,7 +907,7 @@ func (e *Endpoint) encode(tb *txBatch, i int, pkt *stack.PacketBuffer, remote ne
 		return false
 	}
 	segs := tb.segs[i][:0]
-	if e.enc != nil {
+	if tb.enc != nil {
 		segs = append(segs, nil) // the outer header, below
 	}
 	vl, off := pkt.AsViewList()
@@ -854,7 +925,7 @@ func (e *Endpoint) encode(tb *txBatch, i int, pkt *stack.PacketBuffer, remote ne
 		segs = append(segs, b)
 	}
 	first := 0
-	if e.enc != nil {
+	if tb.enc != nil {
 		first = 1
 	}
 	if len(segs) <= first {
@@ -870,9 +941,9 @@ func (e *Endpoint) encode(tb *txBatch, i int, pkt *stack.PacketBuffer, remote ne
 		fixPacketTooBig(segs[first])
 	}
 	m := &tb.msgs[i]
-	if e.enc != nil {
+	if tb.enc != nil {
 		hdr := tb.hdrs[i][:]
-		n, err := e.enc.EncodeHead(hdr, segs[first], size, uint16(e.ipID.Add(1)))
+		n, err := tb.enc.EncodeHead(hdr, segs[first], size, uint16(e.ipID.Add(1)))
 		if err != nil {
 			e.stats.drop(encap.NotIP)
 			return false
@@ -963,6 +1034,13 @@ func (e *Endpoint) send(msgs []Message, packets, bytes []int) {
 			// The kernel refuses UDP GSO segments above the path MTU
 			// with EINVAL (udp_send_skb), not EMSGSIZE.
 			reason = encap.TooBig
+		case msgs[0].GSOSize > 0 && (errors.Is(err, syscall.EIO) || errors.Is(err, syscall.EINVAL)):
+			// Not the path MTU (above) nor the limits of one send
+			// (queueGSO): the kernel refuses UDP_SEGMENT here.
+			e.refuseGSO(err)
+			e.sendPlain(&msgs[0])
+			msgs, packets, bytes = msgs[1:], packets[1:], bytes[1:]
+			continue
 		case errors.Is(err, ErrClosed):
 			for i := range msgs {
 				e.stats.drops[encap.Closed].Add(uint64(packets[i]))
@@ -973,6 +1051,45 @@ func (e *Endpoint) send(msgs []Message, packets, bytes []int) {
 		}
 		e.stats.drops[reason].Add(uint64(packets[0]))
 		msgs, packets, bytes = msgs[1:], packets[1:], bytes[1:]
+	}
+}
+
+// refuseGSO turns UDP GSO off for good after the kernel refused a
+// UDP_SEGMENT send with err: EIO from udp_send_skb when the route's device
+// cannot checksum (wireguard-go's ErrUDPGSODisabled), or EINVAL for a
+// message within the limits of one send and the path MTU (some kernels
+// refuse UDP GSO over IPv6, say). Super-segments are cut into plain
+// datagrams from then on.
+func (e *Endpoint) refuseGSO(err error) {
+	e.stats.gsoRefused.Add(1)
+	if !e.gsoOff.Swap(true) {
+		e.log.Warn("the kernel refused a UDP GSO send; sending one datagram per packet from now on",
+			"tunnel", e.name, "err", err,
+			"hint", "check the TX checksum offload of the outer route's device (ethtool -k), or set DisableGSO to silence this")
+	}
+}
+
+// sendPlain sends the packets of m, a UDP GSO message, as one datagram
+// each, and counts them. It allocates, but runs only when the kernel
+// refuses UDP GSO, for good after the first time.
+func (e *Endpoint) sendPlain(m *Message) {
+	const chunk = maxGSOSegments
+	var (
+		msgs          [chunk]Message
+		bufs          [chunk][1][]byte
+		packets, size [chunk]int
+	)
+	b := m.Buffers[0]
+	for len(b) > 0 {
+		k := 0
+		for ; k < chunk && len(b) > 0; k++ {
+			p := b[:min(m.GSOSize, len(b))]
+			b = b[len(p):]
+			bufs[k][0] = p
+			msgs[k] = Message{Buffers: bufs[k][:], Addr: m.Addr, TOS: m.TOS, TTL: m.TTL}
+			packets[k], size[k] = 1, len(p)
+		}
+		e.send(msgs[:k], packets[:k], size[:k])
 	}
 }
 

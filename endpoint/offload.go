@@ -31,11 +31,18 @@ type Offloader interface {
 }
 
 // Limits of one UDP_SEGMENT send (Linux UDP_MAX_SEGMENTS and the largest
-// UDP payload in an IPv4 datagram).
+// UDP payload in an IPv4 datagram). The kernel refuses a send above them
+// with EINVAL (udp_send_skb) or EMSGSIZE (ip_append_data).
 const (
 	maxGSOSegments = 64
 	maxGSOBytes    = 65507
 )
+
+// gsoSegmentsPerSend is the most segments of segSize bytes that one
+// UDP_SEGMENT send may carry; at least 1.
+func gsoSegmentsPerSend(segSize int) int {
+	return max(1, min(maxGSOSegments, maxGSOBytes/segSize))
+}
 
 // tcpFlagMask are the flags that may appear only on the first (CWR) or the
 // last (FIN, PSH) packet cut from a super-segment.
@@ -47,8 +54,11 @@ const (
 
 // gsoMaxSize is the largest TCP super-segment the endpoint asks gVisor for,
 // given the inner MTU: as many full packets as fit into one UDP_SEGMENT
-// send, so that a super-segment is one system call. gVisor caps a
-// super-segment's payload at GSOMaxSize minus 61 bytes (tcp/snd.go).
+// send, so that a super-segment of MTU-sized packets is one system call.
+// gVisor caps a super-segment's payload at GSOMaxSize minus 61 bytes
+// (tcp/snd.go). Its MSS can be smaller than the MTU allows (a peer's MSS,
+// path MTU discovery), and then a super-segment holds more packets than
+// one send takes: writeSuper splits it (queueGSO).
 func gsoMaxSize(mtu uint32) uint32 {
 	payload := int(mtu) - header.IPv4MinimumSize - header.TCPMinimumSize - header.TCPOptionsMaximumSize
 	if payload <= 0 {

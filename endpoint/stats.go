@@ -17,6 +17,7 @@ type counters struct {
 	pmtuLearned        atomic.Uint64
 	pmtuCut            atomic.Uint64
 	pmtuPieces         atomic.Uint64
+	gsoRefused         atomic.Uint64
 	drops              [encap.NumReasons]atomic.Uint64
 	lastSeen           atomic.Int64 // unix nanoseconds of the last datagram read
 }
@@ -39,6 +40,11 @@ type Stats struct {
 	// destination's path MTU, and PathMTUPieces the fragments they were
 	// cut into (also counted in TxPackets).
 	PathMTUCut, PathMTUPieces uint64
+	// TxGSORefused counts the UDP GSO messages the kernel refused at run
+	// time (EIO, or EINVAL not caused by the path MTU) and that were sent
+	// again one datagram per packet. The first refusal turns UDP GSO off
+	// for good, so it is 0 or, rarely, a few from one batch.
+	TxGSORefused uint64
 	// Drops counts dropped packets by reason, indexed by encap.Reason.
 	Drops [encap.NumReasons]uint64
 	// LastSeen is when the last datagram arrived (valid or not); zero if
@@ -70,6 +76,7 @@ func (e *Endpoint) Stats() Stats {
 		PathMTULearned: e.stats.pmtuLearned.Load(),
 		PathMTUCut:     e.stats.pmtuCut.Load(),
 		PathMTUPieces:  e.stats.pmtuPieces.Load(),
+		TxGSORefused:   e.stats.gsoRefused.Load(),
 	}
 	for i := range s.Drops {
 		s.Drops[i] = e.stats.drops[i].Load()
