@@ -28,6 +28,18 @@
 // are recognised both as syscall errnos (the host) and by the messages of
 // gVisor's gonet adapter (the tunnel stack), which are not errnos.
 //
+// # Limits
+//
+// One client cannot starve the others: MaxConns is shared, but one client
+// IP address holds at most MaxConnsPerClient of it; every connection must
+// finish its handshake within HandshakeTimeout; with Username/Password, a
+// client (an IPv4 address or IPv6 /64) that sends MaxAuthFailures wrong
+// credentials in a row is locked out for a growing AuthBackoff; and a UDP
+// association relays only datagrams from the address and port its request
+// named (RFC 1928 §7), or, for zeros, from the control connection's IP and
+// the port of its first datagram. Refusals are counted in Stats and logged
+// at Warn, rate limited.
+//
 // # Lifecycle
 //
 // The exported fields are configuration: set them before Start or Serve and
