@@ -502,6 +502,10 @@ type Forward struct {
 	// MaxConnections bounds concurrent connections or UDP sessions.
 	// Default DefaultMaxConnections (1024).
 	MaxConnections int
+	// MaxSessionsPerSource bounds the concurrent UDP sessions of one
+	// client IP address (UDP only). Default 0: a quarter of
+	// MaxConnections.
+	MaxSessionsPerSource int
 }
 
 // Reverse is a reverse block: a listener inside the stack whose connections
@@ -523,6 +527,10 @@ type Reverse struct {
 	// MaxConnections bounds concurrent connections or UDP sessions.
 	// Default DefaultMaxConnections (1024).
 	MaxConnections int
+	// MaxSessionsPerSource bounds the concurrent UDP sessions of one
+	// client IP address (UDP only). Default 0: a quarter of
+	// MaxConnections.
+	MaxSessionsPerSource int
 }
 
 // SOCKS5 is a socks5 block: a SOCKS5 proxy (RFC 1928, CONNECT and UDP
@@ -539,6 +547,9 @@ type SOCKS5 struct {
 	// MaxConnections bounds concurrent client connections. Default
 	// DefaultMaxConnections (1024).
 	MaxConnections int
+	// MaxConnectionsPerClient bounds the concurrent connections of one
+	// client IP address. Default 0: a quarter of MaxConnections.
+	MaxConnectionsPerClient int
 }
 
 // AuthRequired reports whether clients must authenticate.

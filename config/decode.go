@@ -47,8 +47,8 @@ var (
 	impairSchema = &hcl.BodySchema{Attributes: attrs(
 		"loss", "reorder", "duplicate", "corrupt", "delay", "jitter", "rate", "seed")}
 	forwardSchema = &hcl.BodySchema{Attributes: attrs(
-		"protocol", "!listen", "!target", "idle_timeout", "max_connections")}
-	socks5Schema = &hcl.BodySchema{Attributes: attrs("!listen", "username", "password", "max_connections")}
+		"protocol", "!listen", "!target", "idle_timeout", "max_connections", "max_sessions_per_source")}
+	socks5Schema = &hcl.BodySchema{Attributes: attrs("!listen", "username", "password", "max_connections", "max_connections_per_client")}
 	tunSchema    = &hcl.BodySchema{Attributes: attrs("name", "addresses", "routes", "mtu")}
 )
 
@@ -540,6 +540,11 @@ func (d *decoder) decodeForward(b *hcl.Block) (Forward, hcl.Attributes) {
 	if v, ok := d.integer(a["max_connections"], 1, maxConnectionsLimit, ""); ok {
 		f.MaxConnections = v
 	}
+	if ma := a["max_sessions_per_source"]; ma != nil && f.Protocol != UDP {
+		d.attrError(ma, "Not a UDP forward", "max_sessions_per_source bounds UDP sessions; set protocol = \"udp\", or remove it.")
+	} else if v, ok := d.integer(ma, 1, maxConnectionsLimit, ""); ok {
+		f.MaxSessionsPerSource = v
+	}
 	return f, a
 }
 
@@ -575,6 +580,9 @@ func (d *decoder) decodeSOCKS5(b *hcl.Block) (SOCKS5, hcl.Attributes) {
 	}
 	if v, ok := d.integer(a["max_connections"], 1, maxConnectionsLimit, ""); ok {
 		s.MaxConnections = v
+	}
+	if v, ok := d.integer(a["max_connections_per_client"], 1, maxConnectionsLimit, ""); ok {
+		s.MaxConnectionsPerClient = v
 	}
 	return s, a
 }

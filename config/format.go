@@ -111,6 +111,9 @@ func (c *Config) HCL() []byte {
 			b.SetAttributeValue("password", cty.StringVal(p.Password))
 		}
 		b.SetAttributeValue("max_connections", num(p.MaxConnections))
+		if p.MaxConnectionsPerClient != 0 {
+			b.SetAttributeValue("max_connections_per_client", num(p.MaxConnectionsPerClient))
+		}
 	}
 	if t := c.TUN; t != nil {
 		root.AppendNewline()
@@ -135,6 +138,9 @@ func writeForward(b *hclwrite.Body, f Forward) {
 		b.SetAttributeValue("idle_timeout", dur(f.IdleTimeout))
 	}
 	b.SetAttributeValue("max_connections", num(f.MaxConnections))
+	if f.MaxSessionsPerSource != 0 {
+		b.SetAttributeValue("max_sessions_per_source", num(f.MaxSessionsPerSource))
+	}
 }
 
 func str[T interface{ String() string }](v T) cty.Value { return cty.StringVal(v.String()) }

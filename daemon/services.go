@@ -64,12 +64,12 @@ func (s *svc) listenAddr() string {
 func newServices(cfg *config.Config, st *stack.Stack, log *slog.Logger) []*svc {
 	var out []*svc
 	for _, f := range cfg.Forwards {
-		out = append(out, newForward(KindForward, f.Name, f.Protocol, f.Listen.String(), f.Target.String(),
-			f.MaxConnections, f.IdleTimeout, service.Host{}, st, log))
+		out = append(out, withPerSource(newForward(KindForward, f.Name, f.Protocol, f.Listen.String(), f.Target.String(),
+			f.MaxConnections, f.IdleTimeout, service.Host{}, st, log), f.MaxSessionsPerSource))
 	}
 	for _, r := range cfg.Reverses {
-		out = append(out, newForward(KindReverse, r.Name, r.Protocol, r.Listen.String(), r.Target.String(),
-			r.MaxConnections, r.IdleTimeout, st, service.Host{}, log))
+		out = append(out, withPerSource(newForward(KindReverse, r.Name, r.Protocol, r.Listen.String(), r.Target.String(),
+			r.MaxConnections, r.IdleTimeout, st, service.Host{}, log), r.MaxSessionsPerSource))
 	}
 	for _, s := range cfg.SOCKS5 {
 		srv := &socks5.Server{
@@ -80,6 +80,8 @@ func newServices(cfg *config.Config, st *stack.Stack, log *slog.Logger) []*svc {
 			Password:      s.Password,
 			MaxConns:      maxConns(s.MaxConnections),
 			Logger:        log.With("socks5", s.Name),
+			// 0 (unset) keeps the server's default, a quarter of MaxConns.
+			MaxConnsPerClient: s.MaxConnectionsPerClient,
 		}
 		out = append(out, &svc{
 			name: s.Name, kind: KindSOCKS5, proto: "tcp", listen: srv.Listen, srv: srv,
@@ -99,6 +101,9 @@ func newServices(cfg *config.Config, st *stack.Stack, log *slog.Logger) []*svc {
 					"udp_packets_from_target": x.UDPPacketsFromTarget,
 					"udp_fragments":           x.UDPFragments,
 					"udp_dropped":             x.UDPDropped,
+					"udp_foreign":             x.UDPForeign,
+					"rejected_per_client":     x.RejectedPerClient,
+					"auth_throttled":          x.AuthThrottled,
 				}
 			},
 		})
@@ -127,6 +132,7 @@ func newForward(kind, name string, proto config.Protocol, listen, target string,
 				"dropped":             x.Dropped,
 				"packets_to_target":   x.PacketsToTarget,
 				"packets_from_target": x.PacketsFromTarget,
+				"rejected_per_source": x.RejectedPerSource,
 			}
 		}
 	default:
@@ -143,6 +149,16 @@ func newForward(kind, name string, proto config.Protocol, listen, target string,
 				st.Counters = map[string]uint64{"idle_closed": x.IdleClosed}
 			}
 		}
+	}
+	return s
+}
+
+// withPerSource sets the MaxSessionsPerSource of s if it is a UDP forward
+// (0, max_sessions_per_source unset, keeps its default: a quarter of
+// MaxSessions).
+func withPerSource(s *svc, n int) *svc {
+	if f, ok := s.srv.(*forward.UDP); ok {
+		f.MaxSessionsPerSource = n
 	}
 	return s
 }

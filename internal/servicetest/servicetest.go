@@ -1,15 +1,18 @@
 // Package servicetest holds helpers that tests of several packages share:
 // a goroutine leak check and a dependency check for the service packages,
-// polling for a condition, and a UDP echo server on the host.
+// polling for a condition, a UDP echo server on the host, and a log
+// collector.
 package servicetest
 
 import (
 	"bytes"
 	"errors"
+	"log/slog"
 	"net"
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -111,4 +114,36 @@ func CheckDeps(t testing.TB) {
 			}
 		}
 	}
+}
+
+// LogBuffer collects the lines of a text slog.Logger, for tests that count
+// what a service logged.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Logger returns a logger writing every level to b.
+func (b *LogBuffer) Logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func (b *LogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Lines returns the lines logged at level ("WARN", "DEBUG", ...) whose
+// text contains substr.
+func (b *LogBuffer) Lines(level, substr string) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, l := range strings.Split(b.buf.String(), "\n") {
+		if strings.Contains(l, "level="+level+" ") && strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return out
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -45,19 +46,33 @@ type UDP struct {
 	// the cap are dropped and counted in Stats.Rejected. Zero means
 	// DefaultMaxSessions; negative means no limit.
 	MaxSessions int
+	// MaxSessionsPerSource caps the concurrent sessions of one client IP
+	// address (whatever its ports), so that one address flooding source
+	// ports cannot take every session; datagrams that would open one more
+	// are dropped and counted in Stats.RejectedPerSource. Zero means a
+	// quarter of MaxSessions (at least 1), or no limit if MaxSessions has
+	// none; negative means no limit. Clients on one host (all of them, for
+	// a forward listening on loopback) share one address: raise it for a
+	// client that uses a new port per request, like a DNS resolver.
+	MaxSessionsPerSource int
 	// IdleTimeout ends a session with no traffic either way for this long.
 	// Zero means DefaultIdleTimeout.
 	IdleTimeout time.Duration
 	// DialTimeout bounds the dial that opens a session. Zero means
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
-	// Logger receives session errors at Debug and read errors at Warn. Nil
-	// discards them.
+	// Logger receives session errors at Debug, and read errors and
+	// refusals by MaxSessionsPerSource at Warn (the latter rate limited:
+	// the first of each source, then once a minute). Nil discards them.
 	Logger *slog.Logger
 
 	created, expired, rejected, dialFailures, dropped atomic.Uint64
+	rejectedPerSource                                 atomic.Uint64
 	packetsTo, packetsFrom, bytesTo, bytesFrom        atomic.Uint64
 	active                                            atomic.Int64
+
+	perSource service.PerAddr                // sessions of each client IP
+	sourceLog service.LogLimiter[netip.Addr] // of refusals by MaxSessionsPerSource
 
 	ctx    context.Context // cancelled by Close; parents every dial
 	cancel context.CancelFunc
@@ -78,6 +93,7 @@ type UDP struct {
 type udpSession struct {
 	key    string
 	client net.Addr
+	ip     netip.Addr // client's, holding a slot of UDP.perSource if valid
 	conn   net.Conn
 	last   atomic.Int64 // time of the last datagram, as nanoseconds since UDP.epoch
 }
@@ -88,6 +104,7 @@ type UDPStats struct {
 	SessionsCreated   uint64 // sessions opened
 	SessionsExpired   uint64 // sessions ended by IdleTimeout
 	Rejected          uint64 // datagrams dropped because MaxSessions was reached
+	RejectedPerSource uint64 // datagrams dropped because their source address had MaxSessionsPerSource
 	DialFailures      uint64 // session dials that failed (the datagram is dropped)
 	Dropped           uint64 // datagrams lost to send errors either way
 	PacketsToTarget   uint64 // datagrams sent to Target
@@ -156,6 +173,7 @@ func (f *UDP) Stats() UDPStats {
 		SessionsCreated:   f.created.Load(),
 		SessionsExpired:   f.expired.Load(),
 		Rejected:          f.rejected.Load(),
+		RejectedPerSource: f.rejectedPerSource.Load(),
 		DialFailures:      f.dialFailures.Load(),
 		Dropped:           f.dropped.Load(),
 		PacketsToTarget:   f.packetsTo.Load(),
@@ -263,6 +281,10 @@ func (f *UDP) session(pc net.PacketConn, client net.Addr) *udpSession {
 		f.log.Debug("session limit reached", "client", client, "max", maxSessions)
 		return nil
 	}
+	ip, ok := f.acquireSource(client, maxSessions)
+	if !ok {
+		return nil
+	}
 
 	timeout := f.DialTimeout
 	if timeout <= 0 {
@@ -272,11 +294,12 @@ func (f *UDP) session(pc net.PacketConn, client net.Addr) *udpSession {
 	conn, err := orHost(f.To).DialContext(ctx, service.NetworkFor("udp", f.Target), f.Target)
 	cancel()
 	if err != nil {
+		f.releaseSource(ip)
 		f.dialFailures.Add(1)
 		f.log.Debug("dial failed", "client", client, "target", f.Target, "err", err)
 		return nil
 	}
-	s = &udpSession{key: key, client: client, conn: conn}
+	s = &udpSession{key: key, client: client, ip: ip, conn: conn}
 	s.touch(f.epoch)
 
 	// Only the read loop adds sessions, so nobody raced us to key; but
@@ -285,6 +308,7 @@ func (f *UDP) session(pc net.PacketConn, client net.Addr) *udpSession {
 	if f.closing {
 		f.mu.Unlock()
 		conn.Close()
+		f.releaseSource(ip)
 		return nil
 	}
 	f.sessions[key] = s
@@ -349,7 +373,39 @@ func (f *UDP) remove(s *udpSession) {
 	}
 	f.mu.Unlock()
 	s.conn.Close()
+	f.releaseSource(s.ip)
 	f.active.Add(-1)
+}
+
+// acquireSource takes a slot of MaxSessionsPerSource for client's IP,
+// which releaseSource gives back; over the limit it counts and logs (rate
+// limited) the drop and returns false. A client without an IP is not
+// limited and gets the zero Addr.
+func (f *UDP) acquireSource(client net.Addr, maxSessions int) (netip.Addr, bool) {
+	ap, ok := service.AddrPort(client)
+	if !ok {
+		return netip.Addr{}, true
+	}
+	limit := f.MaxSessionsPerSource
+	if limit == 0 && maxSessions > 0 {
+		limit = max(1, maxSessions/4)
+	}
+	ip := ap.Addr()
+	if f.perSource.Acquire(ip, limit) {
+		return ip, true
+	}
+	f.rejectedPerSource.Add(1)
+	if ok, n := f.sourceLog.Allow(ip, time.Now()); ok {
+		f.log.Warn("source address has too many sessions; dropping datagrams that would open more (not logged again for this source for a minute)",
+			"client", ip, "max_per_source", limit, "unlogged", n)
+	}
+	return netip.Addr{}, false
+}
+
+func (f *UDP) releaseSource(ip netip.Addr) {
+	if ip.IsValid() {
+		f.perSource.Release(ip)
+	}
 }
 
 func (s *udpSession) touch(epoch time.Time) {

@@ -28,6 +28,18 @@
 // are recognised both as syscall errnos (the host) and by the messages of
 // gVisor's gonet adapter (the tunnel stack), which are not errnos.
 //
+// # Limits
+//
+// One client cannot starve the others: MaxConns is shared, but one client
+// IP address holds at most MaxConnsPerClient of it; every connection must
+// finish its handshake within HandshakeTimeout; with Username/Password, a
+// client (an IPv4 address or IPv6 /64) that sends MaxAuthFailures wrong
+// credentials in a row is locked out for a growing AuthBackoff; and a UDP
+// association relays only datagrams from the address and port its request
+// named (RFC 1928 §7), or, for zeros, from the control connection's IP and
+// the port of its first datagram. Refusals are counted in Stats and logged
+// at Warn, rate limited.
+//
 // # Lifecycle
 //
 // The exported fields are configuration: set them before Start or Serve and
@@ -91,6 +103,26 @@ type Server struct {
 	// at once and counted in Stats.Rejected. Zero means DefaultMaxConns;
 	// negative means no limit.
 	MaxConns int
+	// MaxConnsPerClient caps the concurrent connections of one client IP
+	// address, so that one client cannot take all of MaxConns (idle
+	// connections in their handshake are enough to try); one over it is
+	// closed at once and counted in Stats.RejectedPerClient. Zero means a
+	// quarter of MaxConns (at least 1), or no limit if MaxConns has none;
+	// negative means no limit. Clients on the proxy's own host all share
+	// its loopback address.
+	MaxConnsPerClient int
+	// MaxAuthFailures is how many wrong usernames or passwords a client
+	// (an IPv4 address or an IPv6 /64) may send in a row before it is
+	// locked out for AuthBackoff: while locked out, its greetings are
+	// answered "no acceptable methods" and counted in Stats.AuthThrottled.
+	// Each further lockout of the same client is twice as long, up to 64×
+	// AuthBackoff; one failure is forgiven every AuthBackoff, and the right
+	// password forgets them all. Zero means DefaultMaxAuthFailures;
+	// negative turns the throttle off. Only used with Username/Password.
+	MaxAuthFailures int
+	// AuthBackoff is the first lockout of a client; see MaxAuthFailures.
+	// Zero means DefaultAuthBackoff.
+	AuthBackoff time.Duration
 	// HandshakeTimeout bounds each client's greeting, authentication and
 	// request, and the writing of each reply. Zero means
 	// DefaultHandshakeTimeout.
@@ -102,11 +134,19 @@ type Server struct {
 	// addresses are tried in order. Nil means net.DefaultResolver.LookupNetIP
 	// on the host (see the package doc: the tunnel has no DNS).
 	Resolve func(ctx context.Context, name string) ([]netip.Addr, error)
-	// Logger receives per-client failures at Debug and accept errors at
-	// Warn. Nil discards them.
+	// Logger receives per-client failures at Debug, and at Warn accept
+	// errors, authentication failures and refusals by MaxConnsPerClient or
+	// the authentication throttle; the Warn lines about clients are rate
+	// limited (service.LogLimiter) and say how many went unlogged. Nil
+	// discards them.
 	Logger *slog.Logger
 
 	stats counters
+
+	perClient service.PerAddr // connections held by each client IP
+	// Rate limits of the Warn lines about clients.
+	limitLog, authLog, lockLog service.LogLimiter[netip.Addr]
+	throttle                   *authThrottle // nil if off; set by init
 
 	// initOnce sets up ctx, cancel, log and conns, on first use.
 	initOnce sync.Once
@@ -125,6 +165,7 @@ type Server struct {
 
 type counters struct {
 	accepted, rejected, handshakeErrors, authFailures atomic.Uint64
+	rejectedPerClient, authThrottled, udpForeign      atomic.Uint64
 	connects, connectFailures, associations           atomic.Uint64
 	udpToTarget, udpFromTarget, udpDropped, udpFrags  atomic.Uint64
 	udpBytesToTarget, udpBytesFromTarget              atomic.Uint64
@@ -150,6 +191,10 @@ type Stats struct {
 	UDPBytesFromTarget   uint64 // payload bytes relayed back to clients
 	UDPFragments         uint64 // datagrams dropped because FRAG != 0
 	UDPDropped           uint64 // other datagrams dropped: foreign source, bad header, resolve or send error
+	UDPForeign           uint64 // the part of UDPDropped from a source other than the association's client
+
+	RejectedPerClient uint64 // connections closed at once because their client IP had MaxConnsPerClient
+	AuthThrottled     uint64 // greetings refused because the client was locked out after MaxAuthFailures
 }
 
 // Stats returns a snapshot of the counters. It is safe to call at any time.
@@ -159,6 +204,9 @@ func (s *Server) Stats() Stats {
 		Accepted:             c.accepted.Load(),
 		Active:               c.active.Load(),
 		Rejected:             c.rejected.Load(),
+		RejectedPerClient:    c.rejectedPerClient.Load(),
+		AuthThrottled:        c.authThrottled.Load(),
+		UDPForeign:           c.udpForeign.Load(),
 		HandshakeErrors:      c.handshakeErrors.Load(),
 		AuthFailures:         c.authFailures.Load(),
 		Connects:             c.connects.Load(),
@@ -183,6 +231,9 @@ func (s *Server) init() {
 			s.log = slog.New(slog.DiscardHandler)
 		}
 		s.log = s.log.With("service", "socks5")
+		if n := s.maxAuthFailures(); n > 0 && (s.Username != "" || s.Password != "") {
+			s.throttle = newAuthThrottle(n, s.authBackoff())
+		}
 	})
 }
 
@@ -343,12 +394,58 @@ func (s *Server) serve(ln net.Listener) error {
 			c.Close()
 			continue
 		}
+		if !s.admitClient(c, maxConns) {
+			continue
+		}
 		s.stats.accepted.Add(1)
 		s.stats.active.Add(1)
 		s.wg.Add(1)
 		s.connWG.Add(1)
 		go s.handle(c)
 	}
+}
+
+// admitClient takes a slot of MaxConnsPerClient for c, which handle gives
+// back; over the limit it counts, logs and closes c and returns false.
+func (s *Server) admitClient(c net.Conn, maxConns int) bool {
+	ip, ok := clientIP(c)
+	if !ok {
+		return true
+	}
+	limit := s.MaxConnsPerClient
+	if limit == 0 && maxConns > 0 {
+		limit = max(1, maxConns/4)
+	}
+	if s.perClient.Acquire(ip, limit) {
+		return true
+	}
+	s.stats.rejectedPerClient.Add(1)
+	if ok, n := s.limitLog.Allow(ip, time.Now()); ok {
+		s.log.Warn("client has too many connections; refusing more (further refusals of this client are not logged for a minute)",
+			"client", ip, "max_per_client", limit, "unlogged", n)
+	}
+	c.Close()
+	return false
+}
+
+// clientIP is c's remote IP, unmapped.
+func clientIP(c net.Conn) (netip.Addr, bool) {
+	ap, ok := service.AddrPort(c.RemoteAddr())
+	return ap.Addr(), ok
+}
+
+func (s *Server) maxAuthFailures() int {
+	if s.MaxAuthFailures == 0 {
+		return DefaultMaxAuthFailures
+	}
+	return s.MaxAuthFailures
+}
+
+func (s *Server) authBackoff() time.Duration {
+	if s.AuthBackoff > 0 {
+		return s.AuthBackoff
+	}
+	return DefaultAuthBackoff
 }
 
 func (s *Server) handshakeTimeout() time.Duration {
@@ -371,6 +468,9 @@ func (s *Server) handle(c net.Conn) {
 	defer s.wg.Done()
 	defer s.connWG.Done()
 	defer s.stats.active.Add(-1)
+	if ip, ok := clientIP(c); ok {
+		defer s.perClient.Release(ip)
+	}
 	if !s.conns.Track(c) {
 		return
 	}
@@ -392,7 +492,7 @@ func (s *Server) handle(c net.Conn) {
 	case CmdConnect:
 		s.connect(c, req.Dst, log)
 	case CmdUDPAssociate:
-		s.associate(c, log)
+		s.associate(c, req.Dst, log)
 	default:
 		s.stats.handshakeErrors.Add(1)
 		log.Debug("command not supported")
@@ -434,6 +534,10 @@ func (s *Server) handshake(c net.Conn) (Request, error) {
 	if s.Username != "" || s.Password != "" {
 		method = MethodUserPass
 	}
+	if method == MethodUserPass && s.lockedOut(c) {
+		c.Write([]byte{Version, MethodNoAcceptable})
+		return Request{}, errors.New("client locked out after failed authentications")
+	}
 	if bytes.IndexByte(methods, method) < 0 {
 		s.stats.authFailures.Add(1)
 		c.Write([]byte{Version, MethodNoAcceptable})
@@ -458,8 +562,12 @@ func (s *Server) handshake(c net.Conn) (Request, error) {
 		}
 		if !s.credentialsOK(user, pass) {
 			s.stats.authFailures.Add(1)
+			s.authFailed(c)
 			c.Write([]byte{AuthVersion, AuthFailure})
 			return Request{}, errors.New("wrong username or password")
+		}
+		if ip, ok := clientIP(c); ok && s.throttle != nil {
+			s.throttle.succeed(ip)
 		}
 		if _, err := c.Write([]byte{AuthVersion, AuthSuccess}); err != nil {
 			s.stats.handshakeErrors.Add(1)
@@ -483,6 +591,45 @@ func (s *Server) handshake(c net.Conn) (Request, error) {
 		return Request{}, fmt.Errorf("request: %w", err)
 	}
 	return req, nil
+}
+
+// lockedOut reports, counts and logs (rate limited) whether c's client is
+// locked out by the authentication throttle.
+func (s *Server) lockedOut(c net.Conn) bool {
+	ip, ok := clientIP(c)
+	if !ok || s.throttle == nil {
+		return false
+	}
+	now := time.Now()
+	locked, left := s.throttle.lockedOut(ip, now)
+	if !locked {
+		return false
+	}
+	s.stats.authThrottled.Add(1)
+	if ok, n := s.lockLog.Allow(ip, now); ok {
+		s.log.Warn("refusing a client locked out after failed authentications (further refusals of this client are not logged for a minute)",
+			"client", ip, "locked_for", left.Round(time.Second), "unlogged", n)
+	}
+	return true
+}
+
+// authFailed records a wrong username or password from c's client with the
+// throttle, and logs it at Warn, rate limited.
+func (s *Server) authFailed(c net.Conn) {
+	ip, ok := clientIP(c)
+	if !ok {
+		return
+	}
+	now := time.Now()
+	var lockout time.Duration
+	var failures int
+	if s.throttle != nil {
+		lockout, failures = s.throttle.fail(ip, now)
+	}
+	if ok, n := s.authLog.Allow(ip, now); ok {
+		s.log.Warn("wrong username or password (further failures of this client are not logged for a minute)",
+			"client", ip, "failures_in_a_row", failures, "locked_out_for", lockout, "unlogged", n)
+	}
 }
 
 // credentialsOK compares in constant time, hashing first so that the

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 
 	"github.com/ipipstack/ipipstack/service"
@@ -34,7 +35,8 @@ type association struct {
 	cancel   context.CancelFunc
 	log      *slog.Logger
 	relay    net.PacketConn // on ClientNetwork; owned by the association
-	clientIP netip.Addr     // the control connection's peer, unmapped
+	clientIP netip.Addr     // the only source IP relayed, unmapped; see associate
+	port     uint16         // the only source port relayed, or 0 to learn it
 	wg       sync.WaitGroup // clientLoop and the replyLoops
 
 	// Used by clientLoop only.
@@ -49,10 +51,14 @@ type association struct {
 }
 
 // associate serves UDP ASSOCIATE on control connection c. The request's
-// DST.ADDR and DST.PORT are not used: the client's address is its control
-// connection's IP and the port of its first datagram (RFC 1928 §7 allows
-// the server to learn it).
-func (s *Server) associate(c net.Conn, log *slog.Logger) {
+// DST.ADDR and DST.PORT name where the client will send from (RFC 1928 §7:
+// the server may use them to limit access), or are zeros if the client
+// does not know: a non-zero address (an IP, or a name that is an IP
+// literal) is the only source IP relayed, zeros or another name mean the
+// control connection's IP; a non-zero port is the only source port
+// relayed, zero means the port of the first datagram from that IP. Every
+// other datagram is dropped and counted in Stats.UDPForeign.
+func (s *Server) associate(c net.Conn, dst Addr, log *slog.Logger) {
 	local, ok1 := service.AddrPort(c.LocalAddr())
 	remote, ok2 := service.AddrPort(c.RemoteAddr())
 	if !ok1 || !ok2 {
@@ -67,7 +73,10 @@ func (s *Server) associate(c net.Conn, log *slog.Logger) {
 		s.reply(c, ReplyGeneralFailure, Addr{})
 		return
 	}
-	a := &association{s: s, log: log, relay: relay, clientIP: remote.Addr(), names: make(map[string]netip.Addr)}
+	a := &association{s: s, log: log, relay: relay, clientIP: remote.Addr(), port: dst.Port, names: make(map[string]netip.Addr)}
+	if ip, ok := dst.literalIP(); ok && !ip.IsUnspecified() {
+		a.clientIP = ip
+	}
 	a.ctx, a.cancel = context.WithCancel(s.ctx)
 	if err := s.reply(c, ReplySucceeded, AddrFromNetAddr(relay.LocalAddr())); err != nil {
 		a.close()
@@ -97,6 +106,16 @@ func (a *association) close() {
 	a.wg.Wait()
 }
 
+// literalIP returns the IP of a, or of its name if that is an IP literal
+// (with or without brackets), unmapped.
+func (a Addr) literalIP() (netip.Addr, bool) {
+	if a.Name == "" {
+		return a.IP.Unmap(), a.IP.IsValid()
+	}
+	ip, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(a.Name, "["), "]"))
+	return ip.Unmap(), err == nil
+}
+
 func (a *association) drop(reason string, args ...any) {
 	a.s.stats.udpDropped.Add(1)
 	a.log.Debug("udp datagram dropped: "+reason, args...)
@@ -107,7 +126,7 @@ func (a *association) drop(reason string, args ...any) {
 // the association.
 func (a *association) clientLoop(c net.Conn) {
 	defer a.wg.Done()
-	var clientPort uint16
+	clientPort := a.port // 0 until learnt, if the request did not name it
 	buf := make([]byte, MaxDatagram)
 	for {
 		n, from, err := a.relay.ReadFrom(buf)
@@ -119,8 +138,9 @@ func (a *association) clientLoop(c net.Conn) {
 			return
 		}
 		src, ok := service.AddrPort(from)
-		if !ok || src.Addr() != a.clientIP || (a.learnt && src.Port() != clientPort) {
-			a.drop("not from the client", "from", from)
+		if !ok || src.Addr() != a.clientIP || (clientPort != 0 && src.Port() != clientPort) {
+			a.s.stats.udpForeign.Add(1)
+			a.drop("not from the client", "from", from, "client", netip.AddrPortFrom(a.clientIP, clientPort))
 			continue
 		}
 		if !a.learnt {
