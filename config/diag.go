@@ -33,6 +33,13 @@ const detailWidth = 78
 // missing from it is read from disk by its name, and if that fails the
 // snippet is left out. With color, VT100 escapes highlight the severity and
 // the range.
+//
+// Only the first [MaxPrintedDiagnostics] are printed, followed by a line
+// counting the rest ("... and 12 more errors and 1 more warning."). Source
+// lines are cut to 120 columns around the subject and quoted values in
+// messages to 60 characters, with "…" where text is left out, and a
+// snippet shows at most 8 lines; the cost is linear in the size of the
+// files and the number of diagnostics.
 func WriteDiagnostics(w io.Writer, files map[string]*hcl.File, diags hcl.Diagnostics, color bool) error {
 	bw := bufio.NewWriter(w)
 	srcs := make(map[string]*indexedSource)
