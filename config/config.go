@@ -27,6 +27,11 @@
 // or env("NAME", "default") to read the environment, and a few standard
 // functions: format, join, concat, lower, upper, trimspace, min and max.
 //
+// A file larger than [MaxFileSize], nested deeper than [MaxNesting] or with
+// an expression chaining more than [MaxChain] operators is refused with one
+// diagnostic before HCL parses it, so that no file can crash or starve the
+// process; [WriteDiagnostics] prints at most [MaxPrintedDiagnostics].
+//
 // Parse fills in every default that is a constant, so a field holds what the
 // daemon should use; values that depend on other fields are computed by
 // methods such as [Tunnel.EffectiveMTU] and [Tunnel.AllowedSourcePrefixes].

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -28,6 +29,22 @@ func FuzzLoad(f *testing.F) {
 		}
 	}
 	f.Add([]byte(`{"tunnel": {"t": {"local": "127.0.0.1:1", "remote": "127.0.0.1:2", "addresses": ["10.0.0.1/8"]}}}`))
+	// Nesting and chains at and beyond MaxNesting and MaxChain, and long
+	// lines, so that the fuzzer explores the limits and the snippet cutter.
+	rep := strings.Repeat
+	for _, n := range []int{MaxNesting - 1, MaxNesting + 1} {
+		f.Add([]byte(`tunnel "t" { mtu = ` + rep("(", n) + "1400" + rep(")", n) + " }\n"))
+		f.Add([]byte(rep("a {\n", n) + rep("}\n", n)))
+		f.Add([]byte(`x = ` + rep("{a=", n) + "1" + rep("}", n) + "\n"))
+		f.Add([]byte(`x = "` + rep(`${"`, n) + rep(`"}`, n) + "\"\n"))
+		f.Add([]byte("x = <<-EOT\n" + rep(`${[`, n) + rep(`]}`, n) + "\n  EOT\n"))
+		f.Add([]byte(`x = "` + rep(`%{if true}`, n) + rep(`%{endif}`, n) + "\"\n"))
+		f.Add([]byte(`x = ` + rep("-", n) + rep("!", n) + "1 + " + rep("1*", n) + "[1]" + rep("[*]", n) + "\n"))
+		f.Add([]byte(`{"tunnel": {"t": {"mtu": "` + rep(`${(`, n) + rep(`)}`, n) + `"}}}`))
+		f.Add([]byte(rep("[", n) + rep("]", n)))
+	}
+	f.Add([]byte(`tunnel "t" {` + "\n  local = \"" + rep("1", 5000) + "\" # é" + rep("é", 300) + "\n}\n"))
+	f.Add([]byte(rep("@", 3000) + "\n" + rep("\t$", 200)))
 	f.Fuzz(func(t *testing.T, src []byte) {
 		for _, name := range []string{"fuzz.hcl", "fuzz.json"} {
 			p := Parser{LookupEnv: testEnv}

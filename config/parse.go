@@ -2,7 +2,6 @@ package config
 
 import (
 	"cmp"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -36,15 +35,14 @@ func Parse(src []byte, filename string) (*Config, hcl.Diagnostics) {
 }
 
 // Load reads the file at path and parses it like Parse. A file that cannot be
-// read is reported as a diagnostic without a Subject.
+// read, or that is larger than [MaxFileSize], is reported as a diagnostic
+// without a Subject; the size of a regular file is checked before reading
+// it, and anything else (a pipe, /dev/stdin) is read no further than one
+// byte beyond the limit.
 func (p *Parser) Load(path string) (*Config, hcl.Diagnostics) {
-	src, err := os.ReadFile(path)
-	if err != nil {
-		return nil, hcl.Diagnostics{{
-			Severity: hcl.DiagError,
-			Summary:  "Failed to read configuration file",
-			Detail:   "The configuration file " + path + " could not be read: " + err.Error() + ".",
-		}}
+	src, diag := readLimited(path)
+	if diag != nil {
+		return nil, hcl.Diagnostics{diag}
 	}
 	return p.Parse(src, path)
 }
@@ -56,12 +54,20 @@ func (p *Parser) Load(path string) (*Config, hcl.Diagnostics) {
 //
 // Parse returns a non-nil *Config if and only if the diagnostics contain no
 // error. Diagnostics are sorted by position.
+//
+// Before parsing, src is checked against the limits [MaxFileSize],
+// [MaxNesting] and [MaxChain]; a file beyond one of them gets a single
+// error at the first offending byte and is not parsed.
 func (p *Parser) Parse(src []byte, filename string) (*Config, hcl.Diagnostics) {
 	var (
 		file  *hcl.File
 		diags hcl.Diagnostics
 	)
-	if strings.EqualFold(filepath.Ext(filename), ".json") {
+	if d := checkLimits(src, filename); d != nil {
+		// Parsing would exhaust the stack or take too long; keep the
+		// source for the snippet of the diagnostic.
+		diags = hcl.Diagnostics{d}
+	} else if strings.EqualFold(filepath.Ext(filename), ".json") {
 		file, diags = hcljson.Parse(src, filename)
 	} else {
 		file, diags = hclsyntax.ParseConfig(src, filename, hcl.InitialPos)
