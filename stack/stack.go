@@ -98,7 +98,10 @@ type Tunnel struct {
 	// Policy sets the outer TTL, ToS, DF and IPv6 encapsulation limit; the
 	// zero value is Linux ipip's default (see encap.Policy).
 	Policy encap.Policy
-	// Roaming accepts a peer whose outer address changes.
+	// Roaming accepts a peer whose outer address changes. A Raw tunnel
+	// that does not roam receives from Remote only: its raw sockets are
+	// connected to it (see endpoint.SocketOptions.Peer), which needs a
+	// route to Remote when the tunnel starts.
 	Roaming bool
 	// AnySourcePort accepts UDP from the peer's address on any port (Linux
 	// FOU with encap-sport auto).
@@ -351,6 +354,7 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 		case UDP:
 			tr, err = endpoint.ListenUDP(t.Local, sockOpts)
 		case Raw:
+			sockOpts.Peer = rawPeer(t)
 			tr, err = endpoint.ListenRaw(t.Local.Addr(), sockOpts)
 		default:
 			err = fmt.Errorf("unknown transport %v", t.Transport)
@@ -444,6 +448,16 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 	s.log.Info("tunnel up", "tunnel", t.Name, "transport", t.Transport.String(), "local", ep.LocalAddr(),
 		"remote", ep.Remote(), "mtu", ep.MTU(), "addresses", fmt.Sprint(t.Addresses))
 	return nil
+}
+
+// rawPeer is the outer address the raw sockets of t receive from: its
+// peer's, so that raw tunnels sharing a local address do not see each
+// other's packets, or any address (the zero value) if the peer may roam.
+func rawPeer(t *Tunnel) netip.Addr {
+	if t.Roaming {
+		return netip.Addr{}
+	}
+	return t.Remote.Addr()
 }
 
 // Close stops the stack: every connection and listener of it fails, every
