@@ -113,7 +113,9 @@ func (d *Daemon) collect() []*family {
 		ttl.add(u64(f.TTLExpired))
 		incomplete := fam("ipipstack_forward_incomplete_datagrams_total", counter, "UDP datagrams the router sent itself that lost a fragment before their checksum was complete.")
 		incomplete.add(u64(f.IncompleteDatagrams))
-		out = append(out, refrag, frags, ttl, incomplete)
+		overflow := fam("ipipstack_forward_offset_overflow_total", counter, "IPv4 packets to cut whose data would end past byte 65535 of their datagram, dropped.")
+		overflow.add(u64(f.OffsetOverflow))
+		out = append(out, refrag, frags, ttl, incomplete, overflow)
 	}
 	if st.TUN != nil {
 		up := fam("ipipstack_tun_up", gauge, "1 if the TUN device is up.")

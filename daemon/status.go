@@ -34,12 +34,14 @@ type Status struct {
 
 // ForwardingStatus is stack.ForwardStats: IPv4 packets the router cut to
 // fit the next link and the pieces, IPv4 packets discarded with TTL 1,
-// and datagrams the router sent itself that lost a fragment.
+// datagrams the router sent itself that lost a fragment, and IPv4 packets
+// to cut that were dropped because their data would end past byte 65535.
 type ForwardingStatus struct {
 	Refragmented        uint64 `json:"refragmented"`
 	Fragments           uint64 `json:"fragments"`
 	TTLExpired          uint64 `json:"ttl_expired"`
 	IncompleteDatagrams uint64 `json:"incomplete_datagrams"`
+	OffsetOverflow      uint64 `json:"offset_overflow"`
 }
 
 // TunnelStatus is one tunnel's configuration and counters.
@@ -165,7 +167,7 @@ func (d *Daemon) Status() Status {
 	if d.cfg.Stack.Forwarding || d.cfg.TUN != nil {
 		f := d.st.ForwardStats()
 		s.Forwarding = &ForwardingStatus{Refragmented: f.Refragmented, Fragments: f.Fragments,
-			TTLExpired: f.TTLExpired, IncompleteDatagrams: f.IncompleteDatagrams}
+			TTLExpired: f.TTLExpired, IncompleteDatagrams: f.IncompleteDatagrams, OffsetOverflow: f.OffsetOverflow}
 	}
 	if d.cfg.TUN != nil {
 		d.mu.Lock()
