@@ -102,8 +102,11 @@ func (d *Daemon) collect() []*family {
 		}
 	}
 
+	limits := fam("ipipstack_reassembly_limits_applied", gauge, "1 if the stack block's IP reassembly limits are in force; 0 if this gVisor version hides the state they are set in, and gVisor's built-in limits apply.")
+	limits.add(boolValue(st.ReassemblyLimitsApplied))
+
 	out := []*family{build, start, draining, info, mtu, rxp, rxb, txp, txb, drops, seen,
-		coalesced, pmtuLearned, pmtuCut, active, total, rejected, dialFail, bytes, reasm}
+		coalesced, pmtuLearned, pmtuCut, active, total, rejected, dialFail, bytes, reasm, limits}
 	if f := st.Forwarding; f != nil {
 		refrag := fam("ipipstack_forward_refragmented_total", counter, "IPv4 packets the router cut to fit the link they left by.")
 		refrag.add(u64(f.Refragmented))

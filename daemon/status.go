@@ -27,6 +27,10 @@ type Status struct {
 	// ReassemblyBytes is the memory IP reassembly holds now, by family
 	// ("ipv4", "ipv6"); a family is absent if gVisor hides it.
 	ReassemblyBytes map[string]int `json:"reassembly_bytes,omitempty"`
+	// ReassemblyLimitsApplied is false when the stack could not reach
+	// gVisor's reassembly state (stack.Stack.ReassemblyLimitsApplied):
+	// the stack block's reassembly limits are then not in force.
+	ReassemblyLimitsApplied bool `json:"reassembly_limits_applied"`
 	// Forwarding is what the stack did to packets it forwarded; nil unless
 	// it forwards (stack.forwarding, or a TUN device).
 	Forwarding *ForwardingStatus `json:"forwarding,omitempty"`
@@ -155,6 +159,7 @@ func (d *Daemon) Status() Status {
 	for _, sv := range d.services {
 		s.Services = append(s.Services, sv.status())
 	}
+	s.ReassemblyLimitsApplied = d.st.ReassemblyLimitsApplied()
 	if v4, v6 := d.st.ReassemblyBytes(); v4 >= 0 || v6 >= 0 {
 		s.ReassemblyBytes = map[string]int{}
 		if v4 >= 0 {
