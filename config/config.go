@@ -35,6 +35,11 @@
 // Parse fills in every default that is a constant, so a field holds what the
 // daemon should use; values that depend on other fields are computed by
 // methods such as [Tunnel.EffectiveMTU] and [Tunnel.AllowedSourcePrefixes].
+// The exception is the TCP tuning of [Stack]: an absent tcp_congestion,
+// tcp_send_buffer, tcp_receive_buffer or tcp_min_rto stays zero, which the
+// daemon passes on to package stack as "its default", so that the library
+// and the daemon share one definition of them (stack.DefaultTCPMinRTO and
+// the rest; this package may not import stack).
 package config
 
 import (
@@ -48,7 +53,6 @@ import (
 const (
 	DefaultStatusListen       = "127.0.0.1:9100"
 	DefaultPathMTU            = 1500
-	DefaultTCPMinRTO          = 20 * time.Millisecond
 	DefaultEncapLimit         = 4 // RFC 2473 section 6.7 recommends 4; Linux ip6tnl uses it too.
 	DefaultMaxConnections     = 1024
 	DefaultUDPIdleTimeout     = 60 * time.Second
@@ -170,21 +174,25 @@ func (s Status) Enabled() bool { return s.Listen.IsValid() }
 type Stack struct {
 	// TCPSACK enables TCP selective acknowledgements (RFC 2018). Default true.
 	TCPSACK bool
-	// TCPCongestion is the TCP congestion control algorithm. Zero value:
-	// CongestionReno.
+	// TCPCongestion is the TCP congestion control algorithm. Zero value
+	// (absent): CongestionDefault, the library's default,
+	// stack.DefaultCongestionControl (cubic).
 	TCPCongestion Congestion
-	// TCPSendBuffer is the default TCP send buffer size in bytes. 0 (the
-	// default) keeps gVisor's default.
+	// TCPSendBuffer is the maximum TCP send buffer size in bytes, which
+	// auto-tuning grows a socket's buffer to from 1 MiB (or this, if
+	// lower). 0 (absent) means the library's default,
+	// stack.DefaultTCPBuffer (8 MiB).
 	TCPSendBuffer int
-	// TCPReceiveBuffer is the default TCP receive buffer size in bytes. 0
-	// (the default) keeps gVisor's default.
+	// TCPReceiveBuffer is the maximum TCP receive buffer size in bytes,
+	// like TCPSendBuffer. 0 (absent) means stack.DefaultTCPBuffer (8 MiB).
 	TCPReceiveBuffer int
 	// TCPModerateReceiveBuffer enables receive buffer auto-tuning, like
 	// Linux net.ipv4.tcp_moderate_rcvbuf. Default true.
 	TCPModerateReceiveBuffer bool
-	// TCPMinRTO is the lowest TCP retransmission timeout. Default
-	// DefaultTCPMinRTO (20ms): gVisor's own 200ms floor makes TCP crawl
-	// after losses on the short paths tunnels often are.
+	// TCPMinRTO is the lowest TCP retransmission timeout. 0 (absent)
+	// means the library's default, stack.DefaultTCPMinRTO (20ms): gVisor's
+	// own 200ms floor makes TCP crawl after losses on the short paths
+	// tunnels often are.
 	TCPMinRTO time.Duration
 	// Forwarding makes the stack route packets between its tunnels (and the
 	// TUN device) instead of dropping packets not addressed to it. Default
@@ -205,14 +213,18 @@ type Stack struct {
 // Congestion is a TCP congestion control algorithm.
 type Congestion int
 
-// TCP congestion control algorithms gVisor implements.
+// TCP congestion control algorithms gVisor implements. CongestionDefault
+// leaves the choice to the library (stack.DefaultCongestionControl).
 const (
-	CongestionReno Congestion = iota
+	CongestionDefault Congestion = iota
+	CongestionReno
 	CongestionCubic
 )
 
 func (c Congestion) String() string {
 	switch c {
+	case CongestionDefault:
+		return "default"
 	case CongestionReno:
 		return "reno"
 	case CongestionCubic:

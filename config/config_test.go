@@ -42,9 +42,7 @@ func TestLoadTwoPeersA(t *testing.T) {
 		Status: Status{Listen: netip.MustParseAddrPort("127.0.0.1:9100")},
 		Stack: Stack{
 			TCPSACK:                  true,
-			TCPCongestion:            CongestionReno,
 			TCPModerateReceiveBuffer: true,
-			TCPMinRTO:                DefaultTCPMinRTO,
 			ReassemblyTimeout:        30 * time.Second,
 			ReassemblyMemory:         4 << 20,
 		},
@@ -141,7 +139,6 @@ func TestDefaults(t *testing.T) {
 		Stack: Stack{
 			TCPSACK:                  true,
 			TCPModerateReceiveBuffer: true,
-			TCPMinRTO:                DefaultTCPMinRTO,
 			ReassemblyTimeout:        DefaultReassemblyTimeout,
 			ReassemblyMemory:         DefaultReassemblyMemory,
 		},
@@ -409,7 +406,7 @@ func TestEnumStrings(t *testing.T) {
 	}{
 		{LogDebug, "debug"}, {LogWarn, "warn"}, {LogError, "error"}, {LogLevel(3), "LogLevel(3)"},
 		{LogJSON, "json"}, {LogFormat(7), "LogFormat(7)"},
-		{CongestionCubic, "cubic"}, {Congestion(9), "Congestion(9)"},
+		{CongestionDefault, "default"}, {CongestionReno, "reno"}, {CongestionCubic, "cubic"}, {Congestion(9), "Congestion(9)"},
 		{TransportRaw, "raw"}, {Transport(5), "Transport(5)"},
 		{TTL(1), "1"}, {TOS(255), "255"},
 		{DFClear, "clear"}, {DF(4), "DF(4)"},

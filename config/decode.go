@@ -207,7 +207,6 @@ func (d *decoder) decodeStack(b *hcl.Block) Stack {
 	s := Stack{
 		TCPSACK:                  true,
 		TCPModerateReceiveBuffer: true,
-		TCPMinRTO:                DefaultTCPMinRTO,
 		ReassemblyTimeout:        DefaultReassemblyTimeout,
 		ReassemblyMemory:         DefaultReassemblyMemory,
 	}
@@ -219,7 +218,7 @@ func (d *decoder) decodeStack(b *hcl.Block) Stack {
 		s.TCPSACK = v
 	}
 	if i, ok := d.enum(a["tcp_congestion"], "reno", "cubic"); ok {
-		s.TCPCongestion = Congestion(i)
+		s.TCPCongestion = CongestionReno + Congestion(i)
 	}
 	const bufWhy = " bytes (4 KiB to 1 GiB)"
 	if v, ok := d.integer(a["tcp_send_buffer"], minBufferSize, maxBufferSize, bufWhy); ok {

@@ -30,7 +30,9 @@ func (c *Config) HCL() []byte {
 	s := &c.Stack
 	b = root.AppendNewBlock("stack", nil).Body()
 	b.SetAttributeValue("tcp_sack", cty.BoolVal(s.TCPSACK))
-	b.SetAttributeValue("tcp_congestion", cty.StringVal(s.TCPCongestion.String()))
+	if s.TCPCongestion != CongestionDefault {
+		b.SetAttributeValue("tcp_congestion", cty.StringVal(s.TCPCongestion.String()))
+	}
 	if s.TCPSendBuffer != 0 {
 		b.SetAttributeValue("tcp_send_buffer", num(s.TCPSendBuffer))
 	}
@@ -38,7 +40,9 @@ func (c *Config) HCL() []byte {
 		b.SetAttributeValue("tcp_receive_buffer", num(s.TCPReceiveBuffer))
 	}
 	b.SetAttributeValue("tcp_moderate_receive_buffer", cty.BoolVal(s.TCPModerateReceiveBuffer))
-	b.SetAttributeValue("tcp_min_rto", dur(s.TCPMinRTO))
+	if s.TCPMinRTO != 0 {
+		b.SetAttributeValue("tcp_min_rto", dur(s.TCPMinRTO))
+	}
 	b.SetAttributeValue("forwarding", cty.BoolVal(s.Forwarding))
 	b.SetAttributeValue("reassembly_timeout", dur(s.ReassemblyTimeout))
 	b.SetAttributeValue("reassembly_memory", num(s.ReassemblyMemory))

@@ -139,6 +139,7 @@ func TestTwoDaemons(t *testing.T) {
 		`ipipstack_tunnel_rx_coalesced_packets_total{tunnel="b"} `,
 		`ipipstack_tunnel_path_mtu_learned_total{tunnel="b"} 0`,
 		`ipipstack_reassembly_bytes{family="ipv6"} `,
+		`ipipstack_reassembly_limits_applied 1`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)

@@ -18,7 +18,7 @@ func stackConfig(cfg *config.Config) (stack.Config, error) {
 	sc := stack.Config{
 		TCP: stack.TCPOptions{
 			DisableSACK:                  !cfg.Stack.TCPSACK,
-			CongestionControl:            cfg.Stack.TCPCongestion.String(),
+			CongestionControl:            congestion(cfg.Stack.TCPCongestion),
 			SendBuffer:                   cfg.Stack.TCPSendBuffer,
 			ReceiveBuffer:                cfg.Stack.TCPReceiveBuffer,
 			DisableModerateReceiveBuffer: !cfg.Stack.TCPModerateReceiveBuffer,
@@ -42,6 +42,16 @@ func stackConfig(cfg *config.Config) (stack.Config, error) {
 		sc.Tunnels = append(sc.Tunnels, st)
 	}
 	return sc, nil
+}
+
+// congestion maps config's algorithm onto stack.TCPOptions'; the default
+// goes as "", which is stack.DefaultCongestionControl. config leaves every
+// TCP default to the stack, so that there is one definition of them.
+func congestion(c config.Congestion) string {
+	if c == config.CongestionDefault {
+		return ""
+	}
+	return c.String()
 }
 
 func stackTunnel(t *config.Tunnel) (stack.Tunnel, error) {

@@ -102,8 +102,11 @@ func (d *Daemon) collect() []*family {
 		}
 	}
 
+	limits := fam("ipipstack_reassembly_limits_applied", gauge, "1 if the stack block's IP reassembly limits are in force; 0 if this gVisor version hides the state they are set in, and gVisor's built-in limits apply.")
+	limits.add(boolValue(st.ReassemblyLimitsApplied))
+
 	out := []*family{build, start, draining, info, mtu, rxp, rxb, txp, txb, drops, seen,
-		coalesced, pmtuLearned, pmtuCut, active, total, rejected, dialFail, bytes, reasm}
+		coalesced, pmtuLearned, pmtuCut, active, total, rejected, dialFail, bytes, reasm, limits}
 	if f := st.Forwarding; f != nil {
 		refrag := fam("ipipstack_forward_refragmented_total", counter, "IPv4 packets the router cut to fit the link they left by.")
 		refrag.add(u64(f.Refragmented))
@@ -113,7 +116,9 @@ func (d *Daemon) collect() []*family {
 		ttl.add(u64(f.TTLExpired))
 		incomplete := fam("ipipstack_forward_incomplete_datagrams_total", counter, "UDP datagrams the router sent itself that lost a fragment before their checksum was complete.")
 		incomplete.add(u64(f.IncompleteDatagrams))
-		out = append(out, refrag, frags, ttl, incomplete)
+		overflow := fam("ipipstack_forward_offset_overflow_total", counter, "IPv4 packets to cut whose data would end past byte 65535 of their datagram, dropped.")
+		overflow.add(u64(f.OffsetOverflow))
+		out = append(out, refrag, frags, ttl, incomplete, overflow)
 	}
 	if st.TUN != nil {
 		up := fam("ipipstack_tun_up", gauge, "1 if the TUN device is up.")

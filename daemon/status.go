@@ -27,6 +27,10 @@ type Status struct {
 	// ReassemblyBytes is the memory IP reassembly holds now, by family
 	// ("ipv4", "ipv6"); a family is absent if gVisor hides it.
 	ReassemblyBytes map[string]int `json:"reassembly_bytes,omitempty"`
+	// ReassemblyLimitsApplied is false when the stack could not reach
+	// gVisor's reassembly state (stack.Stack.ReassemblyLimitsApplied):
+	// the stack block's reassembly limits are then not in force.
+	ReassemblyLimitsApplied bool `json:"reassembly_limits_applied"`
 	// Forwarding is what the stack did to packets it forwarded; nil unless
 	// it forwards (stack.forwarding, or a TUN device).
 	Forwarding *ForwardingStatus `json:"forwarding,omitempty"`
@@ -34,12 +38,14 @@ type Status struct {
 
 // ForwardingStatus is stack.ForwardStats: IPv4 packets the router cut to
 // fit the next link and the pieces, IPv4 packets discarded with TTL 1,
-// and datagrams the router sent itself that lost a fragment.
+// datagrams the router sent itself that lost a fragment, and IPv4 packets
+// to cut that were dropped because their data would end past byte 65535.
 type ForwardingStatus struct {
 	Refragmented        uint64 `json:"refragmented"`
 	Fragments           uint64 `json:"fragments"`
 	TTLExpired          uint64 `json:"ttl_expired"`
 	IncompleteDatagrams uint64 `json:"incomplete_datagrams"`
+	OffsetOverflow      uint64 `json:"offset_overflow"`
 }
 
 // TunnelStatus is one tunnel's configuration and counters.
@@ -153,6 +159,7 @@ func (d *Daemon) Status() Status {
 	for _, sv := range d.services {
 		s.Services = append(s.Services, sv.status())
 	}
+	s.ReassemblyLimitsApplied = d.st.ReassemblyLimitsApplied()
 	if v4, v6 := d.st.ReassemblyBytes(); v4 >= 0 || v6 >= 0 {
 		s.ReassemblyBytes = map[string]int{}
 		if v4 >= 0 {
@@ -165,7 +172,7 @@ func (d *Daemon) Status() Status {
 	if d.cfg.Stack.Forwarding || d.cfg.TUN != nil {
 		f := d.st.ForwardStats()
 		s.Forwarding = &ForwardingStatus{Refragmented: f.Refragmented, Fragments: f.Fragments,
-			TTLExpired: f.TTLExpired, IncompleteDatagrams: f.IncompleteDatagrams}
+			TTLExpired: f.TTLExpired, IncompleteDatagrams: f.IncompleteDatagrams, OffsetOverflow: f.OffsetOverflow}
 	}
 	if d.cfg.TUN != nil {
 		d.mu.Lock()

@@ -35,6 +35,16 @@ type SocketOptions struct {
 	// ZeroChecksum sends UDP datagrams over IPv4 with checksum 0, as
 	// Linux FOU does by default (SO_NO_CHECK). It rules out UDP GSO.
 	ZeroChecksum bool
+	// Peer, if valid, is the only outer source address ListenRaw's
+	// receiving sockets take packets from: they are connect()ed to it,
+	// and the kernel hands a connected raw socket only packets whose
+	// source is its remote address (raw_v4_match in net/ipv4/raw.c,
+	// raw_v6_match in net/ipv6/raw.c). Raw tunnels that share a local
+	// address then each get their own peer's packets rather than every
+	// tunnel all of them. The zero value takes packets from any source,
+	// as a roaming tunnel needs. Packets the kernel filters out are
+	// neither seen nor counted by the endpoint. ListenUDP ignores Peer.
+	Peer netip.Addr
 }
 
 func (o *SocketOptions) batch() int {
@@ -278,10 +288,16 @@ func udpOffloads(fd int, opts SocketOptions) Offloads {
 
 // ListenRaw opens the raw IP-in-IP transport on local: receiving sockets
 // for IP protocols 4 and 41, and one IPPROTO_RAW socket that sends packets
-// whose outer header the endpoint wrote. It needs CAP_NET_RAW.
+// whose outer header the endpoint wrote. It needs CAP_NET_RAW. With
+// opts.Peer set, the receiving sockets are connected to it (see
+// SocketOptions.Peer), which needs a route to the peer.
 func ListenRaw(local netip.Addr, opts SocketOptions) (Transport, error) {
 	local = local.Unmap()
 	v6 := local.Is6()
+	peer := opts.Peer.Unmap()
+	if peer.IsValid() && peer.Is6() != v6 {
+		return nil, fmt.Errorf("endpoint: raw transport on %v: peer %v is of the other address family", local, peer)
+	}
 	family, framing := unix.AF_INET, FramingRawIPv4
 	if v6 {
 		family, framing = unix.AF_INET6, FramingRawIPv6
@@ -312,6 +328,12 @@ func ListenRaw(local netip.Addr, opts SocketOptions) (Transport, error) {
 				return nil, fmt.Errorf("endpoint: bind raw socket to %v: %w", local, os.NewSyscallError("bind", err))
 			}
 		}
+		if bind && peer.IsValid() {
+			if err := connectRaw(fd, peer); err != nil {
+				unix.Close(fd)
+				return nil, fmt.Errorf("endpoint: raw socket for IP protocol %d on %v: %w", proto, local, err)
+			}
+		}
 		f := os.NewFile(uintptr(fd), fmt.Sprintf("raw-%d", proto))
 		rc, err := f.SyscallConn()
 		if err != nil {
@@ -336,6 +358,23 @@ func ListenRaw(local netip.Addr, opts SocketOptions) (Transport, error) {
 		t.rx = append(t.rx, &sockReceiver{c: c, proto: uint8(proto)})
 	}
 	return t, nil
+}
+
+// connectRaw connects the raw socket fd to peer, so that it receives only
+// peer's packets. Like any datagram connect it looks up the route to peer,
+// and fails if there is none.
+func connectRaw(fd int, peer netip.Addr) error {
+	var sa unix.Sockaddr
+	if peer.Is6() {
+		sa = &unix.SockaddrInet6{Addr: peer.As16()}
+	} else {
+		sa = &unix.SockaddrInet4{Addr: peer.As4()}
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		return fmt.Errorf("connect to the peer %v to receive only its packets (is there a route to it?): %w",
+			peer, os.NewSyscallError("connect", err))
+	}
+	return nil
 }
 
 // setSockopts sizes the buffers, asks for the outer ToS on receive and sets

@@ -40,7 +40,10 @@ import (
 //     packet without DF that is bigger than the MTU of the link it will
 //     leave by itself, with offsets counted from the original datagram
 //     (RFC 791 §3.2; options whose copy flag is clear go in the first
-//     piece only), and hands gVisor pieces that fit.
+//     piece only), and hands gVisor pieces that fit. A packet whose data
+//     would end past byte 65535 of its datagram, which no valid datagram
+//     has, is dropped and counted (ForwardStats.OffsetOverflow): its later
+//     pieces would need offsets past the field's 65528 and would wrap.
 //  3. forwardUnicastPacket tests the IPv4 TTL for 0 before decrementing
 //     it, so a packet that arrives with TTL 1 leaves with TTL 0 and the
 //     next hop answers Time Exceeded (IPv6 tests the hop limit for <= 1,
@@ -79,6 +82,12 @@ type ForwardStats struct {
 	// TTLExpired is the IPv4 packets to be forwarded that arrived with TTL
 	// 1 and were discarded with Time Exceeded.
 	TTLExpired uint64
+	// OffsetOverflow is the IPv4 packets to be cut whose data would end
+	// past byte 65535 of their datagram (a hostile fragment near offset
+	// 65528, say): no valid datagram has such a fragment, and pieces
+	// past the fragment offset field's 65528 would wrap to small
+	// offsets, so they were dropped instead (see splitIPv4).
+	OffsetOverflow uint64
 	// IncompleteDatagrams is the fragmented UDP datagrams the stack itself
 	// sent out of a link without TX checksum offload (AddLink) whose first
 	// fragment, held back until the others had been summed (bug 1), was
@@ -93,6 +102,7 @@ func (s *Stack) ForwardStats() ForwardStats {
 		Refragmented:        s.fwd.refragmented.Load(),
 		Fragments:           s.fwd.fragments.Load(),
 		TTLExpired:          s.fwd.ttlExpired.Load(),
+		OffsetOverflow:      s.fwd.offsetOverflow.Load(),
 		IncompleteDatagrams: s.fwd.incomplete.Load(),
 	}
 }
@@ -100,6 +110,7 @@ func (s *Stack) ForwardStats() ForwardStats {
 // forwarding is the state of a forwarding stack's forwardLinks.
 type forwarding struct {
 	refragmented, fragments, ttlExpired, incomplete atomic.Uint64
+	offsetOverflow                                  atomic.Uint64
 
 	// mu serializes changes to links, which is replaced whole and read
 	// on the data path without it.
@@ -300,6 +311,11 @@ func (l *forwardLink) forward4(pkt *gvstack.PacketBuffer) bool {
 	if !ok {
 		return false
 	}
+	if fragmentEnd(p) > maxFragmentEnd {
+		// Left to gVisor it would be cut with offsets from 0 (bug 2).
+		l.s.fwd.offsetOverflow.Add(1)
+		return true
+	}
 	n := splitIPv4(p, mtu, func(hdr, payload []byte) {
 		v := buffer.NewViewSize(len(hdr) + len(payload))
 		b := v.AsSlice()
@@ -332,11 +348,26 @@ func expireTTL(h []byte) {
 	binary.BigEndian.PutUint16(h[10:], ^uint16(sum))
 }
 
+// maxFragmentEnd is where the data of an IPv4 datagram ends at the
+// latest, counted like fragment offsets from the end of its header: the
+// total length field bounds a datagram at 65535 bytes, header included.
+// It also keeps every piece splitIPv4 cuts at an offset the 13-bit field
+// holds (65528 at most): a piece starts before the end, on a multiple of 8.
+const maxFragmentEnd = 65535
+
+// fragmentEnd returns where the data of the IPv4 packet p (exactly its
+// total length, header valid) ends in its datagram: its fragment offset
+// plus its payload length.
+func fragmentEnd(p []byte) int {
+	ip := header.IPv4(p)
+	return int(ip.FragmentOffset()) + len(p) - int(ip.HeaderLength())
+}
+
 // splitIPv4 cuts the IPv4 packet p (header and payload, exactly its total
 // length) into fragments of at most mtu bytes, calling emit with each
 // one's header and payload in order; emit must copy them. It returns the
 // number of fragments, or 0 if p cannot be cut (malformed options, an MTU
-// too small for its header).
+// too small for its header, data that would end past maxFragmentEnd).
 //
 // As RFC 791 §3.2 has it, every piece keeps p's header fields; its offset
 // is p's own plus where the piece starts, in 8-byte units; More Fragments
@@ -346,6 +377,9 @@ func expireTTL(h []byte) {
 func splitIPv4(p []byte, mtu int, emit func(hdr, payload []byte)) int {
 	ip := header.IPv4(p)
 	hl := int(ip.HeaderLength())
+	if fragmentEnd(p) > maxFragmentEnd {
+		return 0
+	}
 	var first, rest [header.IPv4MaximumHeaderSize]byte
 	copy(first[:], p[:hl])
 	// The header of the pieces after the first.

@@ -187,3 +187,92 @@ func TestForwardLinkAllocs(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitIPv4OffsetOverflow: a hostile fragment whose data would end
+// past byte 65535 of its datagram cannot be cut, since its later pieces
+// would need offsets past the 13-bit field's 65528 and would wrap to small
+// ones that overwrite the start of the datagram at the destination.
+// splitIPv4 refuses it; forward4 drops and counts it
+// (TestForward4DropsOffsetOverflow).
+func TestSplitIPv4OffsetOverflow(t *testing.T) {
+	tests := []struct {
+		name   string
+		offset int
+		size   int
+		mtu    int
+	}{
+		// Pieces would start at 64000, 65256 and 66512 (wrapping to 976).
+		{"wraps on the third piece", 64000, 3000, 1280},
+		// 65528 is the highest offset there is; 8 bytes more end at 65536.
+		{"last offset, 16 bytes", 65528, 16, 28},
+		{"one byte too many", 65528 - 1480, 1480 + 8, 1500},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := ipv4Packet(nil, header.IPv4FlagMoreFragments, tt.offset, make([]byte, tt.size))
+			pieces := split(p, tt.mtu)
+			for i, pc := range pieces {
+				h := header.IPv4(pc.hdr)
+				t.Errorf("piece %d: offset %d, %d bytes of data", i, h.FragmentOffset(), len(pc.payload))
+			}
+			if len(pieces) != 0 {
+				t.Errorf("splitIPv4 of a fragment at %d with %d bytes cut it into %d pieces, want 0 (refused)", tt.offset, tt.size, len(pieces))
+			}
+		})
+	}
+	// The largest fragment that may be cut: its data ends at byte 65535.
+	p := ipv4Packet(nil, 0, 65528-1480, make([]byte, 1480+7))
+	pieces := split(p, 1500)
+	if len(pieces) != 2 {
+		t.Fatalf("splitIPv4 of a fragment ending at 65535 made %d pieces, want 2", len(pieces))
+	}
+	if off := header.IPv4(pieces[1].hdr).FragmentOffset(); off != 65528 || len(pieces[1].payload) != 7 {
+		t.Errorf("last piece at offset %d with %d bytes, want 65528 and 7", off, len(pieces[1].payload))
+	}
+}
+
+// TestForward4DropsOffsetOverflow: a forwarding stack drops and counts a
+// fragment to be cut whose data would end past byte 65535, rather than
+// handing it to gVisor (which would cut it with offsets from 0), while the
+// same fragment lower in its datagram is cut.
+func TestForward4DropsOffsetOverflow(t *testing.T) {
+	oa, ob := netip.MustParseAddrPort("198.51.100.1:1"), netip.MustParseAddrPort("198.51.100.2:2")
+	ta, tb := endpointtest.Pipe(oa, ob, 0)
+	s, err := New(Config{Forwarding: true, Tunnels: []Tunnel{{Name: "t", Local: oa, Remote: ob, Conn: ta,
+		Addresses: []netip.Prefix{netip.MustParsePrefix("10.0.1.1/30")}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	defer tb.Close()
+	l := (*s.fwd.links.Load())[0]
+	for _, tc := range []struct {
+		name         string
+		offset       int
+		wantOverflow uint64
+		wantRefrag   uint64
+	}{
+		{"ends past 65535", 64000, 1, 0},
+		{"fits", 8000, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := s.ForwardStats()
+			p := ipv4Packet(nil, header.IPv4FlagMoreFragments, tc.offset, make([]byte, 3000))
+			copy(p[16:], []byte{10, 0, 1, 2}) // the peer's side of the tunnel
+			header.IPv4(p).SetChecksum(0)
+			header.IPv4(p).SetChecksum(^header.IPv4(p).CalculateChecksum())
+			pkt := gvstack.NewPacketBuffer(gvstack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
+			defer pkt.DecRef()
+			if !l.forward4(pkt) {
+				t.Fatalf("forward4 left a %d-byte fragment at offset %d to gVisor, want it cut or dropped", len(p), tc.offset)
+			}
+			after := s.ForwardStats()
+			if got := after.OffsetOverflow - before.OffsetOverflow; got != tc.wantOverflow {
+				t.Errorf("OffsetOverflow grew by %d, want %d", got, tc.wantOverflow)
+			}
+			if got := after.Refragmented - before.Refragmented; got != tc.wantRefrag {
+				t.Errorf("Refragmented grew by %d, want %d", got, tc.wantRefrag)
+			}
+		})
+	}
+}

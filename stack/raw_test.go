@@ -487,8 +487,9 @@ func TestRawTransport(t *testing.T) {
 
 // rawCounters checks that a transfer moves both sides' counters without a
 // drop, and that a well-formed protocol-4 packet from a third address on
-// the link is dropped as WrongPeer and never reaches B's stack, while the
-// same packet from A's outer address does.
+// the link never reaches B's tunnel (its raw sockets are connected to A's
+// address) nor B's stack, while the same packet from A's outer address
+// does.
 func rawCounters(t *testing.T, n *rawNet, p *pair) {
 	a0, b0 := p.a.Stats()[0], p.b.Stats()[0]
 	transfer(t, p.a, p.b, "10.99.0.2:6005", 1<<20)
@@ -561,33 +562,22 @@ func rawCounters(t *testing.T, n *rawNet, p *pair) {
 		return false
 	}
 
+	// The forged packet first, then the same bytes from A's address: B's
+	// receiving socket is connected to A's address, so the kernel never
+	// hands it the forged one, and the endpoint neither delivers nor
+	// counts it. Both go through the same queue in order, so once the
+	// genuine one is answered the forged one would have been seen.
 	before, echo0 := p.b.Stats()[0], echoes()
 	send(echo(rawForged4))
-	if wait("B to count the forged packet as wrong_peer", func() bool { return p.b.Stats()[0].Drops[encap.WrongPeer] > before.Drops[encap.WrongPeer] }) {
-		after := p.b.Stats()[0]
-		if d := after.Drops[encap.WrongPeer] - before.Drops[encap.WrongPeer]; d != 1 {
-			t.Errorf("wrong_peer moved by %d, want 1", d)
-		}
-		if after.DropTotal()-before.DropTotal() != 1 {
-			t.Errorf("drops %v -> %v, want only wrong_peer to move", before.Drops, after.Drops)
-		}
-		if after.RxPackets != before.RxPackets || after.RxBytes != before.RxBytes {
-			t.Errorf("rx moved on a forged packet: %d/%d -> %d/%d", before.RxPackets, before.RxBytes, after.RxPackets, after.RxBytes)
-		}
-		time.Sleep(50 * time.Millisecond)
-		if e := echoes(); e != echo0 {
-			t.Errorf("B's stack received %d echo requests from a forged packet", e-echo0)
-		}
-	}
-
-	// The control: the same bytes from A's address are delivered and
-	// answered, so the drop above was for the outer source alone.
-	before = p.b.Stats()[0]
 	send(echo(rawOuterA4))
-	if wait("B's stack to receive the genuine echo request", func() bool { return echoes() == echo0+1 }) {
+	if wait("B's stack to receive the genuine echo request", func() bool { return echoes() >= echo0+1 }) {
 		after := p.b.Stats()[0]
+		if e := echoes(); e != echo0+1 {
+			t.Errorf("B's stack received %d echo requests, want 1: the forged one got through", e-echo0)
+		}
 		if after.RxPackets != before.RxPackets+1 || after.DropTotal() != before.DropTotal() {
-			t.Errorf("genuine packet: rx %d -> %d, drops %v -> %v", before.RxPackets, after.RxPackets, before.Drops, after.Drops)
+			t.Errorf("rx %d -> %d, drops %v -> %v; want one packet received and no drop (the forged one never reaches the endpoint)",
+				before.RxPackets, after.RxPackets, before.Drops, after.Drops)
 		}
 	}
 }

@@ -72,7 +72,9 @@ func checkReassembly(cfg *Config) error {
 // setupReassembly finds gVisor's reassembly state and applies cfg's limits
 // to it. It must run before the stack has any NIC, so that no fragment is
 // pending while the limits change. When the state cannot be found it fails
-// if cfg asks for non-default limits, and logs at debug level otherwise.
+// if cfg asks for non-default limits; otherwise it logs a warning that
+// says what is not applied and why, and ReassemblyLimitsApplied reports
+// false.
 //
 // find is findFragState, or a stand-in in tests.
 func (s *Stack) setupReassembly(cfg *Config, find func(gvstack.NetworkProtocol) (*fragState, error)) error {
@@ -93,7 +95,10 @@ func (s *Stack) setupReassembly(cfg *Config, find func(gvstack.NetworkProtocol) 
 		if cfg.ReassemblyTimeout != 0 || cfg.ReassemblyMemory != 0 {
 			return fmt.Errorf("%w: %w", ErrReassemblyUnsupported, err)
 		}
-		s.log.Debug("gVisor's reassembly state not found; ReassemblyBytes reports -1", "err", err)
+		s.log.Warn("IP reassembly limits not applied: gVisor's reassembly state was not found "+
+			"(the pinned gVisor version renamed or retyped it); gVisor's built-in limits stay in force, "+
+			"reassembly_timeout and reassembly_memory cannot be set, and reassembly memory reads -1; "+
+			"update stack/reassembly_unsafe.go for this gVisor version", "err", err)
 		return nil
 	}
 	for _, fs := range []*fragState{s.reasm.v4, s.reasm.v6} {
@@ -110,6 +115,16 @@ func (s *Stack) setupReassembly(cfg *Config, find func(gvstack.NetworkProtocol) 
 		s.log.Debug("reassembly limits set", "timeout", cfg.ReassemblyTimeout, "memory", cfg.ReassemblyMemory)
 	}
 	return nil
+}
+
+// ReassemblyLimitsApplied reports whether New found gVisor's reassembly
+// state for both IPv4 and IPv6, so that Config.ReassemblyTimeout and
+// Config.ReassemblyMemory are in force and ReassemblyBytes is real. It is
+// false when a gVisor upgrade renamed the unexported fields the stack
+// sets; New then warns, keeps gVisor's built-in limits and refuses
+// non-default ones.
+func (s *Stack) ReassemblyLimitsApplied() bool {
+	return s.reasm.v4 != nil && s.reasm.v6 != nil
 }
 
 // ReassemblyBytes returns the memory that IP reassembly holds now for

@@ -80,8 +80,9 @@ func TestFragStateNotFound(t *testing.T) {
 
 // TestSetupReassemblyMissingState checks what New does on a gVisor version
 // without the reassembly state: non-default limits are an error, never
-// silently ignored; default ones are logged at debug level, and
-// ReassemblyBytes then reports -1.
+// silently ignored; with default ones New goes on, with a warning that
+// says what is not applied and why, ReassemblyLimitsApplied false (the
+// daemon's ipipstack_reassembly_limits_applied 0) and ReassemblyBytes -1.
 func TestSetupReassemblyMissingState(t *testing.T) {
 	missing := func(gvstack.NetworkProtocol) (*fragState, error) {
 		return nil, errors.New("no field fragmentation")
@@ -116,11 +117,59 @@ func TestSetupReassemblyMissingState(t *testing.T) {
 			if err != nil {
 				t.Fatalf("setupReassembly(defaults) = %v, want nil", err)
 			}
-			if !strings.Contains(logs.String(), "level=DEBUG") || !strings.Contains(logs.String(), "no field fragmentation") {
-				t.Errorf("logs = %q, want a debug line with the cause", logs.String())
+			if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "no field fragmentation") ||
+				!strings.Contains(logs.String(), "not applied") {
+				t.Errorf("logs = %q, want a warning that the limits are not applied, with the cause", logs.String())
+			}
+			if s.ReassemblyLimitsApplied() {
+				t.Errorf("ReassemblyLimitsApplied() = true, want false")
 			}
 			if v4, v6 := s.ReassemblyBytes(); v4 != -1 || v6 != -1 {
 				t.Errorf("ReassemblyBytes() = %d, %d; want -1, -1", v4, v6)
+			}
+		})
+	}
+}
+
+// TestSetupReassemblyApplied checks that ReassemblyLimitsApplied reports
+// true when gVisor's state was found, with or without limits set, and
+// false when only one family's state was found.
+func TestSetupReassemblyApplied(t *testing.T) {
+	onlyV4 := func(p gvstack.NetworkProtocol) (*fragState, error) {
+		if p.Number() == ipv6.ProtocolNumber {
+			return nil, errors.New("no field fragmentation")
+		}
+		return findFragState(p)
+	}
+	tests := []struct {
+		name string
+		cfg  Config
+		find func(gvstack.NetworkProtocol) (*fragState, error)
+		want bool
+	}{
+		{"defaults", Config{}, findFragState, true},
+		{"set", Config{ReassemblyTimeout: time.Second, ReassemblyMemory: 1 << 20}, findFragState, true},
+		{"ipv6 missing", Config{}, onlyV4, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs strings.Builder
+			gv := gvstack.New(gvstack.Options{
+				NetworkProtocols: []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+			})
+			defer func() {
+				gv.Close()
+				gv.Wait()
+			}()
+			s := &Stack{gv: gv, log: slog.New(slog.NewTextHandler(&logs, nil))}
+			if err := s.setupReassembly(&tt.cfg, tt.find); err != nil {
+				t.Fatalf("setupReassembly: %v", err)
+			}
+			if got := s.ReassemblyLimitsApplied(); got != tt.want {
+				t.Errorf("ReassemblyLimitsApplied() = %v, want %v", got, tt.want)
+			}
+			if warned := strings.Contains(logs.String(), "level=WARN"); warned == tt.want {
+				t.Errorf("logs = %q, want a warning: %v", logs.String(), !tt.want)
 			}
 		})
 	}
