@@ -10,7 +10,14 @@ BENCH    ?= .
 # the kernel's ping in the TUN test, curl fetches through SOCKS5 and forwards.
 DEB_TOOLS := tshark:tshark ping:iputils-ping curl:curl ip:iproute2
 
-.PHONY: all build test deps demo bench mem fuzz lint soak clean
+.PHONY: all build test deps demo bench mem fuzz lint tools soak clean
+
+# staticcheck, pinned: v0.8.2 (2026.2.2) is the first line built for Go 1.26.
+# It goes to bin/tools, not the user's GOBIN, so `make lint` never depends on
+# (or changes) what else is installed; `make clean` removes it.
+STATICCHECK_VERSION := v0.8.2
+TOOLS       := $(CURDIR)/bin/tools
+STATICCHECK := $(TOOLS)/staticcheck
 
 all: build
 
@@ -76,9 +83,23 @@ fuzz:
 soak:
 	$(GO) run ./soak -duration 10m
 
-lint:
-	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+## tools: staticcheck STATICCHECK_VERSION in bin/tools, installed from the Go
+## module proxy only if missing, of another version, or built by another Go
+## (a staticcheck built by an older Go cannot load this module's packages).
+tools:
+	@want="$(STATICCHECK_VERSION) $$($(GO) env GOVERSION)"; \
+	have="$$($(GO) version -m $(STATICCHECK) 2>/dev/null | awk '$$1 == "mod" && $$2 == "honnef.co/go/tools" {v=$$3} NR == 1 {g=$$2} END {if (v != "") print v, g}')"; \
+	if [ "$$have" != "$$want" ]; then \
+	  echo "installing staticcheck $(STATICCHECK_VERSION) into bin/tools (have: $${have:-none}, want: $$want)"; \
+	  GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION); \
+	fi
+
+## lint: gofmt (lists unformatted files), go vet, then staticcheck on every
+## package, tests included, with its default checks.
+lint: tools
+	@test -z "$$(gofmt -l .)" || { echo "gofmt -l: these files need gofmt -w:"; gofmt -l .; exit 1; }
 	$(GO) vet $(PKGS)
+	$(STATICCHECK) -tests $(PKGS)
 
 clean:
 	rm -rf bin

@@ -84,13 +84,6 @@ func (d *decoder) content(b *hcl.Block, schema *hcl.BodySchema) hcl.Attributes {
 	return c.Attributes
 }
 
-func blockName(b *hcl.Block) string {
-	if len(b.Labels) > 0 {
-		return fmt.Sprintf("%s %q", b.Type, b.Labels[0])
-	}
-	return b.Type
-}
-
 // at formats a range's start for "declared at" details.
 func at(r hcl.Range) string { return fmt.Sprintf("%s:%d", r.Filename, r.Start.Line) }
 

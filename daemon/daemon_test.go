@@ -286,7 +286,6 @@ forward "busy" {
 // fakeTUN records how it was started and closed.
 type fakeTUN struct {
 	opts   TUNOptions
-	forw   bool
 	closed atomic.Bool
 }
 

@@ -55,10 +55,11 @@ const (
 // gsoMaxSize is the largest TCP super-segment the endpoint asks gVisor for,
 // given the inner MTU: as many full packets as fit into one UDP_SEGMENT
 // send, so that a super-segment of MTU-sized packets is one system call.
-// gVisor caps a super-segment's payload at GSOMaxSize minus 61 bytes
-// (tcp/snd.go). Its MSS can be smaller than the MTU allows (a peer's MSS,
-// path MTU discovery), and then a super-segment holds more packets than
-// one send takes: writeSuper splits it (queueGSO).
+// gVisor caps a super-segment's payload at GSOMaxSize minus 161 bytes,
+// header.TCPTotalHeaderMaximumSize + 1 (tcp/snd.go sendData; checked by
+// stack's TestGVisorTCPHostGSO). Its MSS can be smaller than the MTU
+// allows (a peer's MSS, path MTU discovery), and then a super-segment holds
+// more packets than one send takes: writeSuper splits it (queueGSO).
 func gsoMaxSize(mtu uint32) uint32 {
 	payload := int(mtu) - header.IPv4MinimumSize - header.TCPMinimumSize - header.TCPOptionsMaximumSize
 	if payload <= 0 {

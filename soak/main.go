@@ -95,7 +95,6 @@ type soak struct {
 	integrityFailures  atomic.Uint64
 	mu                 sync.Mutex
 	rtts               []time.Duration // UDP round trips of this interval
-	errLog             []string
 	errLogged, errMore int
 }
 

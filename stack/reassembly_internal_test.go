@@ -58,6 +58,7 @@ func TestFragStateFound(t *testing.T) {
 // gVisor's protocol type, rather than writing into it.
 func TestFragStateNotFound(t *testing.T) {
 	type fakeFragmentation struct {
+		//lint:ignore U1000 read only through reflection: a field gVisor's type has, in a type that is not gVisor's.
 		highLimit int
 	}
 	tests := []struct {

@@ -558,16 +558,6 @@ func tcpipAddr(a netip.Addr) tcpip.Address {
 	return tcpip.AddrFrom16(a.As16())
 }
 
-func fromTCPIP(a tcpip.Address) netip.Addr {
-	switch a.Len() {
-	case 4:
-		return netip.AddrFrom4(a.As4())
-	case 16:
-		return netip.AddrFrom16(a.As16())
-	}
-	return netip.Addr{}
-}
-
 func subnet(p netip.Prefix) tcpip.Subnet {
 	p = p.Masked()
 	sn, err := tcpip.NewSubnet(tcpipAddr(p.Addr()), tcpip.MaskFromBytes(maskBytes(p)))
