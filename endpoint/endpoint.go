@@ -187,6 +187,8 @@ type Endpoint struct {
 	// (pmtu6.go).
 	pmtu6  pmtuCache
 	fragID atomic.Uint32
+	// roamer confirms a roaming peer's new address (roam.go).
+	roamer roamer
 
 	stats counters
 
@@ -297,6 +299,7 @@ func New(opts Options) (*Endpoint, error) {
 	e.storePeer(p)
 	e.SetAllowedSources(opts.AllowedSources)
 	e.SetOnLink(opts.OnLink)
+	e.roamer.moveInterval = roamMoveInterval
 	e.ipID.Store(uint32(time.Now().UnixNano()))
 	e.fragID.Store(rand.Uint32())
 	e.txPool.New = func() any { return newTxBatch(e.batch) }
@@ -639,8 +642,7 @@ func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtoc
 		e.learnTooBig(inner) // a Packet Too Big's path MTU (pmtu6.go)
 	}
 	if newPeer {
-		e.setRemote(src)
-		e.log.Info("tunnel peer moved", "tunnel", e.name, "from", *remote, "to", src)
+		e.roam(src, inner, p) // moves the peer once src proved it is reachable (roam.go)
 	}
 	netProto = ipv4.ProtocolNumber
 	if p.Proto == encap.ProtoIPv6 {

@@ -465,6 +465,7 @@ func TestDecapUDP(t *testing.T) {
 	})
 	t.Run("roaming", func(t *testing.T) {
 		h := newRTHarness(t, FramingUDP, func(o *Options) { o.Roaming = true })
+		h.ep.roamer.moveInterval = 0
 		// An invalid packet from a new address must not move the peer.
 		h.wantDrop(t, udp("198.51.100.7:5000", 0, true, inner4("10.50.0.1", "10.99.0.2", 0)), encap.SpoofedSource)
 		h.wantDrop(t, udp("198.51.100.7:5000", encap.ECNCE, true, v6), encap.ECNCongestion)
@@ -472,6 +473,7 @@ func TestDecapUDP(t *testing.T) {
 			t.Fatalf("Remote() = %v after invalid packets, want %v", got, peer)
 		}
 		h.wantDeliver(t, udp("198.51.100.7:5000", 0, true, v4), ipv4.ProtocolNumber, v4)
+		h.confirmRoam(t, netip.MustParseAddrPort("198.51.100.7:5000"))
 		if got, want := h.ep.Remote(), netip.MustParseAddrPort("198.51.100.7:5000"); got != want {
 			t.Errorf("Remote() = %v after a valid packet from it, want %v", got, want)
 		}
@@ -480,11 +482,13 @@ func TestDecapUDP(t *testing.T) {
 		}
 		// The old address is now a stranger, but roaming lets it back.
 		h.wantDeliver(t, udp("192.0.2.1:4701", 0, true, v6), ipv6.ProtocolNumber, v6)
+		h.confirmRoam(t, peer)
 		if got := h.ep.Remote(); got != peer {
 			t.Errorf("Remote() = %v after the peer came back, want %v", got, peer)
 		}
 		// What the endpoint sends goes to the current peer.
 		h.wantDeliver(t, udp("198.51.100.8:6000", 0, true, v4), ipv4.ProtocolNumber, v4)
+		h.confirmRoam(t, netip.MustParseAddrPort("198.51.100.8:6000"))
 		pkt := gvPacket4(t, 0, 64)
 		defer pkt.DecRef()
 		if _, err := h.ep.WritePackets(pktList(pkt)); err != nil {
@@ -498,6 +502,7 @@ func TestDecapUDP(t *testing.T) {
 		h := newRTHarness(t, FramingRawIPv4, func(o *Options) { o.Roaming = true })
 		v := inner4("10.99.0.1", "10.99.0.2", 0)
 		h.wantDeliver(t, raw4(netip.MustParseAddr("192.0.2.9"), 4, 0, v), ipv4.ProtocolNumber, v)
+		h.confirmRoam(t, netip.MustParseAddrPort("192.0.2.9:0"))
 		if got, want := h.ep.Remote(), netip.MustParseAddrPort("192.0.2.9:0"); got != want {
 			t.Errorf("Remote() = %v, want %v", got, want)
 		}

@@ -18,6 +18,8 @@ type counters struct {
 	pmtuCut            atomic.Uint64
 	pmtuPieces         atomic.Uint64
 	gsoRefused         atomic.Uint64
+	roams, roamProbes  atomic.Uint64
+	roamsRefused       atomic.Uint64
 	drops              [encap.NumReasons]atomic.Uint64
 	lastSeen           atomic.Int64 // unix nanoseconds of the last datagram read
 }
@@ -45,6 +47,11 @@ type Stats struct {
 	// again one datagram per packet. The first refusal turns UDP GSO off
 	// for good, so it is 0 or, rarely, a few from one batch.
 	TxGSORefused uint64
+	// Roams counts the moves of a roaming peer to a new outer address,
+	// each confirmed by an echo reply from it (roam.go); RoamProbes the
+	// echo requests sent to check a new address, and RoamsRefused the
+	// confirmed moves refused for coming too soon after the last.
+	Roams, RoamProbes, RoamsRefused uint64
 	// Drops counts dropped packets by reason, indexed by encap.Reason.
 	Drops [encap.NumReasons]uint64
 	// LastSeen is when the last datagram arrived (valid or not); zero if
@@ -76,6 +83,9 @@ func (e *Endpoint) Stats() Stats {
 		PathMTULearned: e.stats.pmtuLearned.Load(),
 		PathMTUCut:     e.stats.pmtuCut.Load(),
 		PathMTUPieces:  e.stats.pmtuPieces.Load(),
+		Roams:          e.stats.roams.Load(),
+		RoamProbes:     e.stats.roamProbes.Load(),
+		RoamsRefused:   e.stats.roamsRefused.Load(),
 		TxGSORefused:   e.stats.gsoRefused.Load(),
 	}
 	for i := range s.Drops {
