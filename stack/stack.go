@@ -228,7 +228,8 @@ type tunnel struct {
 }
 
 // New builds a stack with one NIC per tunnel and starts it. On error
-// nothing is left open.
+// nothing is left open: every Tunnel.Conn given is closed, whichever step
+// failed.
 func New(cfg Config) (_ *Stack, err error) {
 	if len(cfg.Tunnels) == 0 {
 		return nil, errors.New("stack: no tunnels configured")
@@ -243,8 +244,12 @@ func New(cfg Config) (_ *Stack, err error) {
 		HandleLocal:        true,
 	})
 	s := &Stack{gv: gv, log: log, forwarding: cfg.Forwarding}
+	// handed counts the tunnels given to addTunnel, which closes their
+	// Conn itself on error; the Conns of the others are closed here.
+	handed := 0
 	defer func() {
 		if err != nil {
+			closeConns(cfg.Tunnels[handed:])
 			s.Close()
 		}
 	}()
@@ -273,20 +278,27 @@ func New(cfg Config) (_ *Stack, err error) {
 		}
 		names[t.Name] = true
 		s.nextNIC++
+		handed++
 		if err := s.addTunnel(t, s.nextNIC); err != nil {
-			if t.Conn != nil {
-				t.Conn.Close()
-			}
 			return nil, err
 		}
 	}
-	// Any later tunnel's Conn is owned by us too.
 	for _, r := range cfg.Routes {
 		if err := s.AddRoute(r); err != nil {
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// closeConns closes the caller-supplied transports of tunnels that New
+// did not get to, when it fails: the stack owns every Conn from New on.
+func closeConns(tunnels []Tunnel) {
+	for i := range tunnels {
+		if c := tunnels[i].Conn; c != nil {
+			c.Close()
+		}
+	}
 }
 
 func (s *Stack) tuneTCP(o TCPOptions) error {
@@ -341,6 +353,9 @@ func (s *Stack) setUDPReceiveBuffer(n int) error {
 // maxUDPReceiveBuffer bounds Config.UDPReceiveBuffer.
 const maxUDPReceiveBuffer = 256 << 20
 
+// addTunnel opens (or takes t.Conn as) the tunnel's transport and adds its
+// NIC. On error the transport is closed already, or belongs to a tunnel
+// that s.Close closes.
 func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 	tr := t.Conn
 	if tr == nil {
