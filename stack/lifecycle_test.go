@@ -1,10 +1,15 @@
 package stack_test
 
 import (
+	"errors"
+	"net"
 	"net/netip"
+	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ipipstack/ipipstack/endpoint"
 	"github.com/ipipstack/ipipstack/stack"
@@ -70,5 +75,98 @@ func TestNewClosesConnsOnError(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// stuckTransport is a transport whose writes block until it is closed: a
+// link that never drains.
+type stuckTransport struct {
+	endpoint.Transport
+	once    sync.Once
+	release chan struct{}
+}
+
+func newStuckTransport(tr endpoint.Transport) *stuckTransport {
+	return &stuckTransport{Transport: tr, release: make(chan struct{})}
+}
+
+func (s *stuckTransport) WriteBatch(msgs []endpoint.Message) (int, error) {
+	<-s.release
+	return 0, endpoint.ErrClosed
+}
+
+func (s *stuckTransport) Close() error {
+	s.once.Do(func() { close(s.release) })
+	return s.Transport.Close()
+}
+
+// blockedWriter starts a goroutine writing datagrams on c until a write
+// fails, waits until its writes stop going through (the send buffer is
+// full), and returns the channel that gets the failing write's error.
+func blockedWriter(t *testing.T, c net.Conn) <-chan error {
+	t.Helper()
+	var writes atomic.Int64
+	errc := make(chan error, 1)
+	go func() {
+		msg := make([]byte, 1200)
+		for {
+			if _, err := c.Write(msg); err != nil {
+				errc <- err
+				return
+			}
+			writes.Add(1)
+		}
+	}()
+	last := int64(-1)
+	waitFor(t, "the writer to block", func() bool {
+		time.Sleep(100 * time.Millisecond)
+		n := writes.Load()
+		blocked := n == last
+		last = n
+		return blocked
+	})
+	return errc
+}
+
+// TestUDPWriteDeadlineWakesBlockedWriter checks the net.Conn contract for
+// a writer blocked on a full send buffer: a deadline set in the past
+// unblocks it with a timeout, and Close with net.ErrClosed.
+func TestUDPWriteDeadlineWakesBlockedWriter(t *testing.T) {
+	a, _ := pipeTunnels("stuck", netip.MustParsePrefix("10.81.0.1/24"), "peer", netip.MustParsePrefix("10.81.0.2/24"))
+	stuck := newStuckTransport(a.Conn)
+	a.Conn = stuck
+	s := newStack(t, stack.Config{Tunnels: []stack.Tunnel{a}})
+	t.Cleanup(func() { stuck.Close() }) // before s.Close
+	c, err := s.Dial("udp4", "10.81.0.2:9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	errc := blockedWriter(t, c)
+	c.SetWriteDeadline(time.Now())
+	select {
+	case err := <-errc:
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("blocked Write after SetWriteDeadline(now) = %v, want an i/o timeout", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("blocked Write still blocked 5 s after SetWriteDeadline(now)")
+	}
+
+	c.SetWriteDeadline(time.Time{})
+	errc = blockedWriter(t, c)
+	c.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("blocked Write after Close = %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("blocked Write still blocked 5 s after Close")
+	}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Write after Close = %v, want net.ErrClosed", err)
 	}
 }
