@@ -1,10 +1,13 @@
 package stack_test
 
 import (
+	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ipipstack/ipipstack/endpoint"
+	"github.com/ipipstack/ipipstack/endpoint/encap"
 	"github.com/ipipstack/ipipstack/stack"
 )
 
@@ -169,4 +173,168 @@ func TestUDPWriteDeadlineWakesBlockedWriter(t *testing.T) {
 	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Write after Close = %v, want net.ErrClosed", err)
 	}
+}
+
+// TestCloseUnderTraffic closes pairs of stacks while TCP and UDP flow both
+// ways, UDP datagrams travel as fragments, pings are answered and the
+// tunnel MTU drops under TCP so that the endpoints send ICMP
+// Fragmentation Needed into their stacks. Run under -race, it catches
+// Close racing the queue goroutines' WritePackets (held fragments), the
+// ICMP goroutines and Attach; afterwards no goroutine may be left.
+func TestCloseUnderTraffic(t *testing.T) {
+	rounds := 20
+	if testing.Short() {
+		rounds = 5
+	}
+	before := runtime.NumGoroutine()
+	var tooBig uint64
+	for round := range rounds {
+		tooBig += closeUnderTraffic(t, round)
+	}
+	if tooBig == 0 {
+		t.Error("no packet was too big for the narrowed tunnels: the ICMP path went untested")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<20)
+		t.Errorf("%d goroutines before, %d after %d rounds:\n%s", before, n, rounds, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// closeUnderTraffic runs one round and returns how many packets the
+// tunnels dropped as too big before they closed.
+func closeUnderTraffic(t *testing.T, round int) (tooBig uint64) {
+	addrA, addrB := netip.MustParsePrefix("10.82.0.1/24"), netip.MustParsePrefix("10.82.0.2/24")
+	ta, tb := pipeTunnels("to-b", addrA, "to-a", addrB)
+	sa, err := stack.New(stack.Config{Tunnels: []stack.Tunnel{ta}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := stack.New(stack.Config{Tunnels: []stack.Tunnel{tb}})
+	if err != nil {
+		sa.Close()
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	// Every goroutine below ends when its stack closes.
+	serve := func(s *stack.Stack, self netip.Addr) {
+		ln, err := s.Listen("tcp", netip.AddrPortFrom(self, 7000).String())
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		pc, err := s.ListenPacket("udp4", netip.AddrPortFrom(self, 7001).String())
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			defer ln.Close()
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer c.Close()
+					io.Copy(io.Discard, c)
+				}()
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			defer pc.Close()
+			buf := make([]byte, 1<<16)
+			for {
+				if _, _, err := pc.ReadFrom(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	var sent atomic.Int64
+	send := func(s *stack.Stack, peer netip.Addr) {
+		wg.Add(3)
+		go func() { // TCP
+			defer wg.Done()
+			c, err := s.Dial("tcp", netip.AddrPortFrom(peer, 7000).String())
+			if err != nil {
+				return // closed before it connected
+			}
+			defer c.Close()
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := c.Write(buf)
+				sent.Add(int64(n))
+				if err != nil {
+					return
+				}
+			}
+		}()
+		go func() { // UDP, 4000-byte datagrams: three fragments each
+			defer wg.Done()
+			c, err := s.Dial("udp4", netip.AddrPortFrom(peer, 7001).String())
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			buf := make([]byte, 4000)
+			for {
+				n, err := c.Write(buf)
+				sent.Add(int64(n))
+				if err != nil {
+					return
+				}
+			}
+		}()
+		go func() { // ICMP echo
+			defer wg.Done()
+			for {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_, err := s.Ping(ctx, peer)
+				cancel()
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+			}
+		}()
+	}
+	serve(sa, addrA.Addr())
+	serve(sb, addrB.Addr())
+	send(sa, addrB.Addr())
+	send(sb, addrA.Addr())
+	waitFor(t, "traffic", func() bool { return sent.Load() > 1<<20 })
+	// Narrower tunnels: TCP's segments no longer fit, and the endpoints
+	// answer them with Fragmentation Needed on goroutines of their own.
+	sa.Endpoint("to-b").SetMTU(1000)
+	sb.Endpoint("to-a").SetMTU(1000)
+	time.Sleep(time.Duration(round%4) * 5 * time.Millisecond)
+	for _, s := range []*stack.Stack{sa, sb} {
+		tooBig += s.Stats()[0].Drops[encap.TooBig]
+	}
+	var closers sync.WaitGroup
+	for _, s := range []*stack.Stack{sa, sb} {
+		closers.Add(1)
+		go func() {
+			defer closers.Done()
+			s.Close()
+		}()
+	}
+	closers.Wait()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		buf := make([]byte, 1<<20)
+		t.Fatalf("round %d: traffic goroutines still running 30 s after Close:\n%s", round, buf[:runtime.Stack(buf, true)])
+	}
+	return tooBig
 }
