@@ -3,6 +3,7 @@ package stack_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -17,6 +18,8 @@ import (
 	"github.com/ipipstack/ipipstack/endpoint"
 	"github.com/ipipstack/ipipstack/endpoint/encap"
 	"github.com/ipipstack/ipipstack/stack"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 )
 
 // closeCounter is a transport that counts its Close calls.
@@ -337,4 +340,127 @@ func closeUnderTraffic(t *testing.T, round int) (tooBig uint64) {
 		t.Fatalf("round %d: traffic goroutines still running 30 s after Close:\n%s", round, buf[:runtime.Stack(buf, true)])
 	}
 	return tooBig
+}
+
+// TestRemoveLink removes a link added with AddLink while TCP flows through
+// a tunnel and UDP is routed into the link: afterwards neither the stack's
+// route table nor gVisor's names it, its NIC is gone, the name can be
+// added again, and the tunnel's transfer arrives intact.
+func TestRemoveLink(t *testing.T) {
+	for _, forwarding := range []bool{false, true} {
+		t.Run(fmt.Sprintf("forwarding=%v", forwarding), func(t *testing.T) {
+			ta, tb := pipeTunnels("to-b", netip.MustParsePrefix("10.84.0.1/24"), "to-a", netip.MustParsePrefix("10.84.0.2/24"))
+			sa := newStack(t, stack.Config{Tunnels: []stack.Tunnel{ta}, Forwarding: forwarding})
+			sb := newStack(t, stack.Config{Tunnels: []stack.Tunnel{tb}, Forwarding: forwarding})
+			lanAddr, lanRoute := netip.MustParsePrefix("10.84.1.1/24"), netip.MustParsePrefix("10.84.2.0/24")
+			addLAN := func() *channel.Endpoint {
+				t.Helper()
+				ch := channel.New(64, 1500, "")
+				if err := sa.AddLink("lan", ch, []netip.Prefix{lanAddr}, []netip.Prefix{lanRoute}); err != nil {
+					t.Fatal(err)
+				}
+				return ch
+			}
+			ch := addLAN()
+			if err := sa.AddLink("lan", channel.New(1, 1500, ""), nil, nil); !errors.Is(err, stack.ErrLinkExists) {
+				t.Errorf("AddLink of a second %q = %v, want ErrLinkExists", "lan", err)
+			}
+			if err := sa.AddRoute(stack.Route{Prefix: netip.MustParsePrefix("10.84.3.0/24"), Tunnel: "lan", Metric: 5}); err != nil {
+				t.Fatal(err)
+			}
+			lanNIC := nicOf(sa, "lan")
+			if lanNIC == 0 {
+				t.Fatal("no NIC named lan after AddLink")
+			}
+
+			// Traffic: UDP into the link, and a TCP transfer through the
+			// tunnel while the link goes.
+			stop := make(chan struct{})
+			udpDone := make(chan struct{})
+			var intoLink atomic.Int64 // packets the link got
+			go func() {
+				defer close(udpDone)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if c, err := sa.Dial("udp4", "10.84.2.9:9"); err == nil {
+						c.Write([]byte("into the link"))
+						c.Close()
+					}
+					for pkt := ch.Read(); pkt != nil; pkt = ch.Read() {
+						intoLink.Add(1)
+						pkt.DecRef()
+					}
+				}
+			}()
+			removed := make(chan error, 1)
+			go func() {
+				for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+					if intoLink.Load() > 0 {
+						break
+					}
+				}
+				removed <- sa.RemoveLink("lan")
+				close(stop)
+			}()
+			transfer(t, sa, sb, "10.84.0.2:7100", 2<<20) // checks the SHA-256 of what arrived
+			if err := <-removed; err != nil {
+				t.Fatalf("RemoveLink: %v", err)
+			}
+			<-udpDone
+			if intoLink.Load() == 0 {
+				t.Fatal("no packet went into the link")
+			}
+
+			for _, r := range sa.Routes() {
+				if r.Tunnel == "lan" {
+					t.Errorf("route %v left after RemoveLink", r)
+				}
+			}
+			for _, r := range sa.GVisor().GetRouteTable() {
+				if r.NIC == lanNIC {
+					t.Errorf("gVisor route %v left after RemoveLink", r)
+				}
+			}
+			if nicOf(sa, "lan") != 0 {
+				t.Error("NIC lan left after RemoveLink")
+			}
+			if err := sa.RemoveLink("lan"); !errors.Is(err, stack.ErrUnknownTunnel) {
+				t.Errorf("second RemoveLink = %v, want ErrUnknownTunnel", err)
+			}
+			if err := sa.RemoveLink("to-b"); !errors.Is(err, stack.ErrUnknownTunnel) {
+				t.Errorf("RemoveLink of a tunnel = %v, want ErrUnknownTunnel", err)
+			}
+			if _, err := sa.Dial("udp4", "10.84.2.9:9"); err == nil {
+				t.Error("Dial through the removed link succeeded")
+			}
+
+			addLAN()
+			want := []stack.Route{
+				{Prefix: netip.MustParsePrefix("10.84.0.0/24"), Tunnel: "to-b"},
+				{Prefix: lanAddr.Masked(), Tunnel: "lan"},
+				{Prefix: lanRoute, Tunnel: "lan"},
+			}
+			if got := sa.Routes(); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("Routes after AddLink again = %v, want %v", got, want)
+			}
+			if nicOf(sa, "lan") == 0 {
+				t.Error("no NIC named lan after AddLink again")
+			}
+			transfer(t, sa, sb, "10.84.0.2:7101", 1<<20)
+		})
+	}
+}
+
+// nicOf returns the gVisor NIC named name, or 0.
+func nicOf(s *stack.Stack, name string) tcpip.NICID {
+	for id, info := range s.GVisor().NICInfo() {
+		if info.Name == name {
+			return id
+		}
+	}
+	return 0
 }

@@ -208,8 +208,10 @@ type Stack struct {
 	links   []gvstack.LinkEndpoint // added by AddLink
 	nextNIC tcpip.NICID
 	closed  bool
-	// linkNICs names the NICs added by AddLink.
+	// linkNICs names the NICs added by AddLink, and linkEPs their link
+	// endpoints as gVisor has them (wrapped for forwarding, say).
 	linkNICs map[string]tcpip.NICID
+	linkEPs  map[string]gvstack.LinkEndpoint
 
 	// routeMu guards the route table (route.go). It is not held with mu.
 	routeMu sync.Mutex
@@ -569,8 +571,10 @@ func maskBytes(p netip.Prefix) []byte {
 // AddLink adds a NIC of the caller's, such as a TUN device, to the stack:
 // addrs are its addresses (with the on-link prefix, which becomes a route)
 // and routes further prefixes reached through it. The stack owns ep from
-// then on and closes it in Close. With Config.Forwarding set, packets are
-// routed between it and the tunnels.
+// then on and closes it in Close or RemoveLink, even if AddLink fails.
+// name must not be that of a tunnel or of another link (ErrLinkExists);
+// once RemoveLink has removed a link, its name is free again. With
+// Config.Forwarding set, packets are routed between it and the tunnels.
 func (s *Stack) AddLink(name string, ep gvstack.LinkEndpoint, addrs, routes []netip.Prefix) error {
 	s.mu.Lock()
 	if s.closed {
@@ -578,15 +582,23 @@ func (s *Stack) AddLink(name string, ep gvstack.LinkEndpoint, addrs, routes []ne
 		ep.Close()
 		return fmt.Errorf("stack: add link %q: %w", name, ErrClosed)
 	}
+	if s.nameTakenLocked(name) {
+		s.mu.Unlock()
+		ep.Close()
+		return fmt.Errorf("stack: add link %q: %w", name, ErrLinkExists)
+	}
 	s.nextNIC++
 	nic := s.nextNIC
 	s.links = append(s.links, ep)
 	if s.linkNICs == nil {
 		s.linkNICs = map[string]tcpip.NICID{}
+		s.linkEPs = map[string]gvstack.LinkEndpoint{}
 	}
 	s.linkNICs[name] = nic
+	link := s.wrapForwarding(ep)
+	s.linkEPs[name] = link
 	s.mu.Unlock()
-	if terr := s.gv.CreateNICWithOptions(nic, s.wrapForwarding(ep), gvstack.NICOptions{Name: name}); terr != nil {
+	if terr := s.gv.CreateNICWithOptions(nic, link, gvstack.NICOptions{Name: name}); terr != nil {
 		return fmt.Errorf("stack: add link %q: %s", name, terr)
 	}
 	if err := s.addAddresses(name, name, nic, addrs); err != nil {
