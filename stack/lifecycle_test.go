@@ -464,3 +464,50 @@ func nicOf(s *stack.Stack, name string) tcpip.NICID {
 	}
 	return 0
 }
+
+// TestQueueDropsCounted fills a tunnel NIC's queue in front of a link that
+// never drains, from more UDP sockets than the queue holds the send buffers
+// of: the datagrams the queue drops show in the tunnel's QueueDrops, as
+// many as gVisor's own counter of the NIC says.
+func TestQueueDropsCounted(t *testing.T) {
+	a, _ := pipeTunnels("stuck", netip.MustParsePrefix("10.85.0.1/24"), "peer", netip.MustParsePrefix("10.85.0.2/24"))
+	stuck := newStuckTransport(a.Conn)
+	a.Conn = stuck
+	s := newStack(t, stack.Config{Tunnels: []stack.Tunnel{a}})
+	t.Cleanup(func() { stuck.Close() }) // before s.Close
+
+	const conns, perConn = 8, 1000 // 8000 datagrams for a queue of 4096
+	var wg sync.WaitGroup
+	var written atomic.Int64
+	for i := range conns {
+		c, err := s.Dial("udp4", fmt.Sprintf("10.85.0.2:%d", 9000+i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetWriteDeadline(time.Now().Add(2 * time.Second)) // a socket whose send buffer fills gives up
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg := make([]byte, 64)
+			for range perConn {
+				if _, err := c.Write(msg); err != nil {
+					return
+				}
+				written.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	st := tunnelStats(t, s, "stuck")
+	gv := s.GVisor().Stats().NICs.TxPacketsDroppedNoBufferSpace.Value()
+	t.Logf("%d datagrams written, %d dropped at the queue", written.Load(), st.QueueDrops)
+	if st.QueueDrops == 0 || st.QueueDrops != gv {
+		t.Errorf("QueueDrops = %d, want gVisor's count for the NIC, %d, and > 0", st.QueueDrops, gv)
+	}
+	// The queue holds 4096 and the stuck write one batch (at most 47,
+	// fifo.BatchSize); every other datagram written was dropped.
+	if min := uint64(written.Load()) - 4096 - 47; written.Load() > 4096+47 && st.QueueDrops < min {
+		t.Errorf("QueueDrops = %d of %d datagrams written, want at least %d", st.QueueDrops, written.Load(), min)
+	}
+}

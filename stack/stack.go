@@ -429,8 +429,8 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 	}
 	link = s.wrapForwarding(link) // forward.go
 	// One FIFO queue per NIC batches packets from many writers into one
-	// WritePackets call; when it is full, packets are dropped and TCP
-	// retransmits, as on a real NIC.
+	// WritePackets call; when it is full, packets are dropped (counted in
+	// TunnelStats.QueueDrops) and TCP retransmits, as on a real NIC.
 	q := fifo.New(link, 1, nicQueueLen)
 	if terr := s.gv.CreateNICWithOptions(nic, link, gvstack.NICOptions{Name: t.Name, QDisc: q}); terr != nil {
 		ep.Close()
@@ -498,15 +498,25 @@ type TunnelStats struct {
 	MTU   uint32
 	Local netip.AddrPort
 	endpoint.Stats
+	// QueueDrops counts the packets that the queue in front of the
+	// tunnel (nicQueueLen packets) dropped because it was full: gVisor's
+	// TxPacketsDroppedNoBufferSpace of the tunnel's NIC. They never
+	// reached the endpoint, so Drops does not count them.
+	QueueDrops uint64
 }
 
 // Stats returns the counters of every tunnel, in configuration order.
 func (s *Stack) Stats() []TunnelStats {
+	nics := s.gv.NICInfo() // before mu: gVisor's locks are never taken under it
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]TunnelStats, 0, len(s.tunnels))
 	for _, t := range s.tunnels {
-		out = append(out, TunnelStats{Name: t.name, MTU: t.ep.MTU(), Local: t.ep.LocalAddr(), Stats: t.ep.Stats()})
+		ts := TunnelStats{Name: t.name, MTU: t.ep.MTU(), Local: t.ep.LocalAddr(), Stats: t.ep.Stats()}
+		if info, ok := nics[t.nic]; ok {
+			ts.QueueDrops = info.Stats.TxPacketsDroppedNoBufferSpace.Value()
+		}
+		out = append(out, ts)
 	}
 	return out
 }
