@@ -394,11 +394,12 @@ func (d *Daemon) tunnelConfig(name string) *config.Tunnel {
 	return nil
 }
 
-// reasonNames returns the names of the drop reasons, encap.OK excepted.
+// reasonNames returns the names of the drop reasons: encap.OK excepted,
+// QueueFull included.
 func reasonNames() []string {
-	out := make([]string, 0, encap.NumReasons-1)
+	out := make([]string, 0, encap.NumReasons)
 	for r := 1; r < encap.NumReasons; r++ {
 		out = append(out, encap.Reason(r).String())
 	}
-	return out
+	return append(out, QueueFull)
 }

@@ -23,7 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ipipstack/ipipstack/endpoint/encap"
 	"github.com/ipipstack/ipipstack/stack"
 	"golang.org/x/net/proxy"
 )
@@ -105,7 +104,7 @@ func TestTwoDaemons(t *testing.T) {
 	}
 	tun := st.Tunnels[0]
 	if tun.Name != "b" || tun.Transport != "udp" || tun.MTU != 1472 || tun.RxPackets == 0 || tun.TxBytes < size ||
-		tun.LastSeen == nil || tun.DropsTotal != 0 || len(tun.Drops) != encap.NumReasons-1 {
+		tun.LastSeen == nil || tun.DropsTotal != 0 || len(tun.Drops) != len(reasonNames()) {
 		t.Errorf("Status().Tunnels[0] = %+v", tun)
 	}
 	hc := &http.Client{Timeout: 5 * time.Second}
@@ -131,6 +130,7 @@ func TestTwoDaemons(t *testing.T) {
 	}
 	for _, want := range []string{
 		`ipipstack_tunnel_drops_total{reason="spoofed_source",tunnel="b"} 0`,
+		`ipipstack_tunnel_drops_total{reason="queue_full",tunnel="b"} 0`,
 		`ipipstack_service_active_connections{kind="forward",service="web"} `,
 		`ipipstack_service_active_connections{kind="socks5",service="proxy"} `,
 		`ipipstack_service_connections_total{kind="forward",service="echo"} 1`,

@@ -55,7 +55,7 @@ func (d *Daemon) collect() []*family {
 	rxb := fam("ipipstack_tunnel_rx_bytes_total", counter, "Bytes of inner packets received from the peer.")
 	txp := fam("ipipstack_tunnel_tx_packets_total", counter, "Inner packets sent to the peer.")
 	txb := fam("ipipstack_tunnel_tx_bytes_total", counter, "Bytes of inner packets sent to the peer.")
-	drops := fam("ipipstack_tunnel_drops_total", counter, "Packets dropped by the tunnel, by reason.")
+	drops := fam("ipipstack_tunnel_drops_total", counter, "Packets dropped by the tunnel, by reason (queue_full: by the full queue in front of it).")
 	seen := fam("ipipstack_tunnel_last_seen_timestamp_seconds", gauge, "Unix time the last outer datagram arrived from the peer; 0 if none has.")
 	coalesced := fam("ipipstack_tunnel_rx_coalesced_packets_total", counter, "Received inner packets that reached the stack merged into larger TCP segments.")
 	pmtuLearned := fam("ipipstack_tunnel_path_mtu_learned_total", counter, "IPv6 path MTUs learned from Packet Too Big.")

@@ -67,13 +67,18 @@ type TunnelStatus struct {
 	RxCoalesced    uint64 `json:"rx_coalesced"`
 	PathMTULearned uint64 `json:"path_mtu_learned"`
 	PathMTUCut     uint64 `json:"path_mtu_cut"`
-	// Drops counts dropped packets by reason (encap.Reason names); every
-	// reason is present, zero or not.
+	// Drops counts dropped packets by reason (encap.Reason names, and
+	// QueueFull for the tunnel NIC's queue, stack.TunnelStats.QueueDrops);
+	// every reason is present, zero or not.
 	Drops      map[string]uint64 `json:"drops"`
 	DropsTotal uint64            `json:"drops_total"`
 	// LastSeen is when the last outer datagram arrived; nil if none has.
 	LastSeen *time.Time `json:"last_seen,omitempty"`
 }
+
+// QueueFull is the drop reason of the packets that the queue in front of a
+// tunnel dropped because it was full (stack.TunnelStats.QueueDrops).
+const QueueFull = "queue_full"
 
 // Service kinds.
 const (
@@ -133,7 +138,7 @@ func (d *Daemon) Status() Status {
 			RxBytes:   ts.RxBytes,
 			TxPackets: ts.TxPackets,
 			TxBytes:   ts.TxBytes,
-			Drops:     make(map[string]uint64, encap.NumReasons-1),
+			Drops:     make(map[string]uint64, encap.NumReasons),
 
 			RxCoalesced:    ts.RxCoalesced,
 			PathMTULearned: ts.PathMTULearned,
@@ -150,6 +155,8 @@ func (d *Daemon) Status() Status {
 			t.Drops[encap.Reason(r).String()] = ts.Drops[r]
 			t.DropsTotal += ts.Drops[r]
 		}
+		t.Drops[QueueFull] = ts.QueueDrops
+		t.DropsTotal += ts.QueueDrops
 		if !ts.LastSeen.IsZero() {
 			ls := ts.LastSeen
 			t.LastSeen = &ls

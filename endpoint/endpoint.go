@@ -192,11 +192,18 @@ type Endpoint struct {
 
 	stats counters
 
-	// mu guards the fields below.
+	// mu guards the fields below. Close sets closed holding it, so a
+	// goroutine that checks closed and calls wg.Add under mu (Attach,
+	// tooBig) either starts before Close waits on wg or not at all.
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
 	started    bool
 	onClose    func()
+
+	// writers is held shared by each WritePackets call; Close takes it
+	// exclusively, once closed is set, to wait for the calls in progress
+	// before it drops the fragments they may have handed to tx.
+	writers sync.RWMutex
 
 	wg     sync.WaitGroup
 	txPool sync.Pool
@@ -441,21 +448,41 @@ func (e *Endpoint) IsAttached() bool {
 // Wait implements stack.LinkEndpoint.Wait.
 func (e *Endpoint) Wait() { e.wg.Wait() }
 
-// Close implements stack.LinkEndpoint.Close: it closes the transport and
-// waits for the receive goroutines.
+// Close implements stack.LinkEndpoint.Close: it closes the transport,
+// waits for the WritePackets calls in progress and for the goroutines of
+// the endpoint (receive, ICMP errors to the stack), then drops the held
+// fragments. Later WritePackets calls fail; Attach starts nothing.
 func (e *Endpoint) Close() {
-	if e.closed.Swap(true) {
+	e.mu.Lock()
+	if e.closed.Load() {
+		e.mu.Unlock()
 		return
 	}
-	e.mu.RLock()
+	e.closed.Store(true)
 	f := e.onClose
-	e.mu.RUnlock()
+	e.mu.Unlock()
+	// The transport first: a write blocked in it returns, so that the
+	// stack's queue, which onClose (RemoveNIC) waits for, can stop.
+	e.tr.Close()
 	if f != nil {
 		f()
 	}
-	e.tr.Close()
+	e.writers.Lock()
+	// An empty critical section: waiting for the writers is the point.
+	e.writers.Unlock()
 	e.wg.Wait()
 	e.tx.Release()
+}
+
+// beginWrite reports whether a WritePackets call may go on; if so, the
+// caller calls e.writers.RUnlock when it is done.
+func (e *Endpoint) beginWrite() bool {
+	e.writers.RLock()
+	if e.closed.Load() {
+		e.writers.RUnlock()
+		return false
+	}
+	return true
 }
 
 // recvBufSize is the size of a receive buffer: the largest datagram, or
@@ -757,9 +784,10 @@ func (tb *txBatch) pieceBuf(n int) []byte {
 // packets and 65,507 bytes each (queueGSO). IPv4 fragments the stack
 // sends lose DF (fragdf.go).
 func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	if e.closed.Load() {
+	if !e.beginWrite() {
 		return 0, &tcpip.ErrClosedForSend{}
 	}
+	defer e.writers.RUnlock()
 	tb := e.txPool.Get().(*txBatch)
 	peer := e.peer.Load()
 	remote := peer.addr

@@ -93,9 +93,6 @@ func (e *Endpoint) learnPathMTU(size int) bool {
 // (RFC 1191, RFC 8201). It is asynchronous: WritePackets may be called with
 // transport endpoint locks held, which the error's delivery takes.
 func (e *Endpoint) tooBig(pkt *stack.PacketBuffer, mtu int) {
-	if e.closed.Load() {
-		return
-	}
 	v := pkt.ToView()
 	defer v.Release()
 	msg := tooBigMessage(v.AsSlice(), mtu)
@@ -106,14 +103,17 @@ func (e *Endpoint) tooBig(pkt *stack.PacketBuffer, mtu int) {
 		e.tooBigPending.Add(-1)
 		return
 	}
+	// Under mu, like Close sets closed: the goroutine is either counted
+	// before Close waits for it, or not started.
 	e.mu.RLock()
 	d := e.dispatcher
-	e.mu.RUnlock()
-	if d == nil {
+	if d == nil || e.closed.Load() {
+		e.mu.RUnlock()
 		e.tooBigPending.Add(-1)
 		return
 	}
 	e.wg.Add(1)
+	e.mu.RUnlock()
 	go func() {
 		defer e.wg.Done()
 		defer e.tooBigPending.Add(-1)

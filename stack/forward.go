@@ -170,6 +170,13 @@ type forwardLink struct {
 	// completes the checksums of the packets the stack sends (bug 1).
 	// Read-only after wrapForwarding.
 	tx *endpoint.TXChecksummer
+
+	// writers is held shared by the WritePackets calls that use tx, and
+	// exclusively by Close to set closed: the fragments Close drops are
+	// then the last that tx holds.
+	writers sync.RWMutex
+	// +checklocks:writers
+	closed bool
 }
 
 var (
@@ -203,6 +210,11 @@ var sendLists = sync.Pool{New: func() any { return new(gvstack.PacketBufferList)
 func (l *forwardLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Error) {
 	if l.tx == nil {
 		return l.Endpoint.WritePackets(pkts)
+	}
+	l.writers.RLock()
+	defer l.writers.RUnlock()
+	if l.closed {
+		return 0, &tcpip.ErrClosedForSend{}
 	}
 	all := pkts.AsSlice()
 	var out *gvstack.PacketBufferList // nil while all go out as they are
@@ -245,10 +257,14 @@ func (l *forwardLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Er
 }
 
 // Close implements stack.LinkEndpoint.Close: it closes the NIC's own link
-// endpoint and drops the fragments held for their checksum.
+// endpoint, waits for the WritePackets calls in progress and drops the
+// fragments held for their checksum; later calls fail.
 func (l *forwardLink) Close() {
 	l.Endpoint.Close()
 	if l.tx != nil {
+		l.writers.Lock()
+		l.closed = true
+		l.writers.Unlock()
 		l.tx.Release()
 	}
 }

@@ -234,8 +234,10 @@ type Stack struct {
 	links   []gvstack.LinkEndpoint // added by AddLink
 	nextNIC tcpip.NICID
 	closed  bool
-	// linkNICs names the NICs added by AddLink.
+	// linkNICs names the NICs added by AddLink, and linkEPs their link
+	// endpoints as gVisor has them (wrapped for forwarding, say).
 	linkNICs map[string]tcpip.NICID
+	linkEPs  map[string]gvstack.LinkEndpoint
 
 	// routeMu guards the route table (route.go). It is not held with mu.
 	routeMu sync.Mutex
@@ -254,7 +256,8 @@ type tunnel struct {
 }
 
 // New builds a stack with one NIC per tunnel and starts it. On error
-// nothing is left open.
+// nothing is left open: every Tunnel.Conn given is closed, whichever step
+// failed.
 func New(cfg Config) (_ *Stack, err error) {
 	if len(cfg.Tunnels) == 0 {
 		return nil, errors.New("stack: no tunnels configured")
@@ -269,8 +272,12 @@ func New(cfg Config) (_ *Stack, err error) {
 		HandleLocal:        true,
 	})
 	s := &Stack{gv: gv, log: log, forwarding: cfg.Forwarding}
+	// handed counts the tunnels given to addTunnel, which closes their
+	// Conn itself on error; the Conns of the others are closed here.
+	handed := 0
 	defer func() {
 		if err != nil {
+			closeConns(cfg.Tunnels[handed:])
 			s.Close()
 		}
 	}()
@@ -299,20 +306,27 @@ func New(cfg Config) (_ *Stack, err error) {
 		}
 		names[t.Name] = true
 		s.nextNIC++
+		handed++
 		if err := s.addTunnel(t, s.nextNIC); err != nil {
-			if t.Conn != nil {
-				t.Conn.Close()
-			}
 			return nil, err
 		}
 	}
-	// Any later tunnel's Conn is owned by us too.
 	for _, r := range cfg.Routes {
 		if err := s.AddRoute(r); err != nil {
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// closeConns closes the caller-supplied transports of tunnels that New
+// did not get to, when it fails: the stack owns every Conn from New on.
+func closeConns(tunnels []Tunnel) {
+	for i := range tunnels {
+		if c := tunnels[i].Conn; c != nil {
+			c.Close()
+		}
+	}
 }
 
 func (s *Stack) tuneTCP(o TCPOptions) error {
@@ -367,6 +381,9 @@ func (s *Stack) setUDPReceiveBuffer(n int) error {
 // maxUDPReceiveBuffer bounds Config.UDPReceiveBuffer.
 const maxUDPReceiveBuffer = 256 << 20
 
+// addTunnel opens (or takes t.Conn as) the tunnel's transport and adds its
+// NIC. On error the transport is closed already, or belongs to a tunnel
+// that s.Close closes.
 func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 	tr := t.Conn
 	if tr == nil {
@@ -440,8 +457,8 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 	}
 	link = s.wrapForwarding(link) // forward.go
 	// One FIFO queue per NIC batches packets from many writers into one
-	// WritePackets call; when it is full, packets are dropped and TCP
-	// retransmits, as on a real NIC.
+	// WritePackets call; when it is full, packets are dropped (counted in
+	// TunnelStats.QueueDrops) and TCP retransmits, as on a real NIC.
 	q := fifo.New(link, 1, nicQueueLen)
 	if terr := s.gv.CreateNICWithOptions(nic, link, gvstack.NICOptions{Name: t.Name, QDisc: q}); terr != nil {
 		ep.Close()
@@ -519,15 +536,25 @@ type TunnelStats struct {
 	MTU   uint32
 	Local netip.AddrPort
 	endpoint.Stats
+	// QueueDrops counts the packets that the queue in front of the
+	// tunnel (nicQueueLen packets) dropped because it was full: gVisor's
+	// TxPacketsDroppedNoBufferSpace of the tunnel's NIC. They never
+	// reached the endpoint, so Drops does not count them.
+	QueueDrops uint64
 }
 
 // Stats returns the counters of every tunnel, in configuration order.
 func (s *Stack) Stats() []TunnelStats {
+	nics := s.gv.NICInfo() // before mu: gVisor's locks are never taken under it
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]TunnelStats, 0, len(s.tunnels))
 	for _, t := range s.tunnels {
-		out = append(out, TunnelStats{Name: t.name, MTU: t.ep.MTU(), Local: t.ep.LocalAddr(), Stats: t.ep.Stats()})
+		ts := TunnelStats{Name: t.name, MTU: t.ep.MTU(), Local: t.ep.LocalAddr(), Stats: t.ep.Stats()}
+		if info, ok := nics[t.nic]; ok {
+			ts.QueueDrops = info.Stats.TxPacketsDroppedNoBufferSpace.Value()
+		}
+		out = append(out, ts)
 	}
 	return out
 }
@@ -582,8 +609,10 @@ func maskBytes(p netip.Prefix) []byte {
 // AddLink adds a NIC of the caller's, such as a TUN device, to the stack:
 // addrs are its addresses (with the on-link prefix, which becomes a route)
 // and routes further prefixes reached through it. The stack owns ep from
-// then on and closes it in Close. With Config.Forwarding set, packets are
-// routed between it and the tunnels.
+// then on and closes it in Close or RemoveLink, even if AddLink fails.
+// name must not be that of a tunnel or of another link (ErrLinkExists);
+// once RemoveLink has removed a link, its name is free again. With
+// Config.Forwarding set, packets are routed between it and the tunnels.
 func (s *Stack) AddLink(name string, ep gvstack.LinkEndpoint, addrs, routes []netip.Prefix) error {
 	s.mu.Lock()
 	if s.closed {
@@ -591,15 +620,23 @@ func (s *Stack) AddLink(name string, ep gvstack.LinkEndpoint, addrs, routes []ne
 		ep.Close()
 		return fmt.Errorf("stack: add link %q: %w", name, ErrClosed)
 	}
+	if s.nameTakenLocked(name) {
+		s.mu.Unlock()
+		ep.Close()
+		return fmt.Errorf("stack: add link %q: %w", name, ErrLinkExists)
+	}
 	s.nextNIC++
 	nic := s.nextNIC
 	s.links = append(s.links, ep)
 	if s.linkNICs == nil {
 		s.linkNICs = map[string]tcpip.NICID{}
+		s.linkEPs = map[string]gvstack.LinkEndpoint{}
 	}
 	s.linkNICs[name] = nic
+	link := s.wrapForwarding(ep)
+	s.linkEPs[name] = link
 	s.mu.Unlock()
-	if terr := s.gv.CreateNICWithOptions(nic, s.wrapForwarding(ep), gvstack.NICOptions{Name: name}); terr != nil {
+	if terr := s.gv.CreateNICWithOptions(nic, link, gvstack.NICOptions{Name: name}); terr != nil {
 		return fmt.Errorf("stack: add link %q: %s", name, terr)
 	}
 	if err := s.addAddresses(name, name, nic, addrs); err != nil {

@@ -17,15 +17,24 @@ import (
 // lost and the write waits forever (seen under load in BenchmarkUDPRate).
 // Here the retry after registering catches such a drain. Reads, addresses
 // and read deadlines are gonet's.
+//
+// A writer waiting for room also wakes when the write deadline changes or
+// the conn is closed, as net.Conn requires: a deadline in the past fails
+// it with a timeout, Close with net.ErrClosed.
 type udpConn struct {
 	*gonet.UDPConn
 	ep tcpip.Endpoint
 	wq *waiter.Queue
 
-	// mu guards writeDeadline, a copy of the write deadline that gonet
-	// keeps to itself.
-	mu            sync.Mutex
+	// mu guards the fields below.
+	mu sync.Mutex
+	// writeDeadline is a copy of the write deadline that gonet keeps to
+	// itself.
 	writeDeadline time.Time
+	// changed is closed, and replaced, when writeDeadline changes or the
+	// conn is closed, to wake waiting writers; nil until a writer waits.
+	changed chan struct{}
+	closed  bool
 }
 
 var (
@@ -61,7 +70,40 @@ func (c *udpConn) SetWriteDeadline(t time.Time) error {
 func (c *udpConn) setWriteDeadline(t time.Time) {
 	c.mu.Lock()
 	c.writeDeadline = t
+	c.wakeWritersLocked()
 	c.mu.Unlock()
+}
+
+// Close implements net.Conn.Close. Writers waiting for room return
+// net.ErrClosed.
+func (c *udpConn) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.wakeWritersLocked()
+	c.mu.Unlock()
+	return c.UDPConn.Close()
+}
+
+// wakeWritersLocked wakes the writers waiting for room, which then look at
+// the deadline and closed again.
+//
+// +checklocks:c.mu
+func (c *udpConn) wakeWritersLocked() {
+	if c.changed != nil {
+		close(c.changed)
+		c.changed = nil
+	}
+}
+
+// writeState returns the write deadline, whether the conn is closed, and
+// a channel closed when either changes.
+func (c *udpConn) writeState() (deadline time.Time, closed bool, changed <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.changed == nil {
+		c.changed = make(chan struct{})
+	}
+	return c.writeDeadline, c.closed, c.changed
 }
 
 // Write implements net.Conn.Write.
@@ -85,9 +127,10 @@ func (c *udpConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	var notify chan struct{}
 	var timer *time.Timer
 	for {
-		c.mu.Lock()
-		d := c.writeDeadline
-		c.mu.Unlock()
+		d, closed, changed := c.writeState()
+		if closed {
+			return 0, opErr(net.ErrClosed)
+		}
 		if !d.IsZero() && !time.Now().Before(d) {
 			return 0, opErr(timeoutError{})
 		}
@@ -122,6 +165,7 @@ func (c *udpConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		select {
 		case <-notify:
 		case <-expired:
+		case <-changed:
 		}
 	}
 }

@@ -321,3 +321,19 @@ func TestSummary(t *testing.T) {
 		t.Errorf("summary = %q, want %q", got, want)
 	}
 }
+
+// TestStatusTableQueueDrops checks that the drops of a tunnel's full queue
+// show in the table's total and on the tunnel's drops line.
+func TestStatusTableQueueDrops(t *testing.T) {
+	st := daemon.Status{Tunnels: []daemon.TunnelStatus{{
+		Name: "peer1", Transport: "udp", Local: "127.0.0.1:4700", Peer: "127.0.0.1:4701", MTU: 1472, DropsTotal: 3859,
+		Drops: map[string]uint64{daemon.QueueFull: 3859, "wrong_peer": 0},
+	}}}
+	var b bytes.Buffer
+	writeStatus(&b, &st, time.Now())
+	for _, want := range []string{" 3859 ", "drops on peer1: queue_full=3859\n"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("writeStatus lacks %q:\n%s", want, b.String())
+		}
+	}
+}

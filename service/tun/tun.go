@@ -53,6 +53,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/ipipstack/ipipstack/stack"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
@@ -92,8 +93,7 @@ type Options struct {
 // Device is a TUN device joined to a stack. Close it to remove it.
 type Device struct {
 	name string
-	gv   *gvstack.Stack
-	nic  tcpip.NICID
+	s    *stack.Stack
 	link interface{ Close() }
 	log  *slog.Logger
 	up   bool // Start succeeded
@@ -105,21 +105,20 @@ type Device struct {
 // Name returns the device's name, as the kernel knows it.
 func (d *Device) Name() string { return d.name }
 
-// Close removes the device from the host and its NIC from the stack, and
-// returns once the goroutine reading the device has stopped. The stack
-// itself keeps running. Closing the stack also stops the device's traffic
-// and removes the device; Close is still safe to call afterwards. Close is
-// idempotent.
+// Close removes the device from the host and its link from the stack
+// (stack.Stack.RemoveLink: its NIC, addresses and routes), and returns
+// once the goroutine reading the device has stopped. The stack itself
+// keeps running, and a device of the same name can be started again.
+// Closing the stack also stops the device's traffic and removes the
+// device; Close is still safe to call afterwards. Close is idempotent.
 func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
 		// Stop reading and writing first, outside gVisor's locks: gVisor
 		// removes a NIC holding its stack lock, which a packet being
 		// forwarded may be waiting for.
 		d.link.Close()
-		if terr := d.gv.RemoveNIC(d.nic); terr != nil {
-			if _, ok := terr.(*tcpip.ErrUnknownNICID); !ok { // gone with the stack
-				d.closeErr = fmt.Errorf("tun: %s: remove NIC: %s", d.name, terr)
-			}
+		if err := d.s.RemoveLink(d.name); err != nil && !errors.Is(err, stack.ErrClosed) { // gone with the stack
+			d.closeErr = fmt.Errorf("tun: %s: %w", d.name, err)
 		}
 		if d.up {
 			d.log.Info("tun down", "device", d.name)

@@ -71,13 +71,12 @@ func Start(ctx context.Context, s *stack.Stack, opts Options) (_ *Device, err er
 		return nil, fmt.Errorf("tun: %s: endpoint: %w", name, err)
 	}
 	l := &link{LinkEndpoint: ep, fd: fd}
-	d := &Device{name: name, gv: gv, link: l, log: opts.Logger}
+	d := &Device{name: name, s: s, link: l, log: opts.Logger}
 	addrs, routes := stackSide(opts.Addresses)
 	// From here on, Close undoes everything: closing the last descriptor
 	// of a non-persistent TUN device deletes it, with its addresses and
 	// routes.
 	if err := s.AddLink(name, l, addrs, routes); err != nil {
-		d.nic = nicByName(gv, name) // 0 if none was created
 		d.Close()
 		return nil, fmt.Errorf("tun: %w", err)
 	}
@@ -86,11 +85,11 @@ func Start(ctx context.Context, s *stack.Stack, opts Options) (_ *Device, err er
 			d.Close()
 		}
 	}()
-	d.nic = nicByName(gv, name)
+	nic := nicByName(gv, name)
 	// The NIC took the stack's default; make sure, in case the NICs were
 	// switched one by one through GVisor().
 	for _, a := range opts.Addresses {
-		if _, terr := gv.SetNICForwarding(d.nic, protocol(a.Addr()), true); terr != nil {
+		if _, terr := gv.SetNICForwarding(nic, protocol(a.Addr()), true); terr != nil {
 			return nil, fmt.Errorf("tun: %s: forwarding: %s", name, terr)
 		}
 	}

@@ -338,3 +338,46 @@ func TestNoForwarding(t *testing.T) {
 		t.Errorf("Start error %q does not say what to set", err)
 	}
 }
+
+// TestCloseRemovesLink checks that Device.Close removes the device's link
+// from the stack (stack.Stack.RemoveLink), not only its gVisor NIC: the
+// route table no longer names it, and a device of the same name can be
+// started again on the same stack.
+func TestCloseRemovesLink(t *testing.T) {
+	e := newEnv(t)
+	names := func() (n int) {
+		for _, r := range e.a.Routes() {
+			if r.Tunnel == devName {
+				n++
+			}
+		}
+		return n
+	}
+	if names() == 0 {
+		t.Fatalf("no route names %s while it is up: %v", devName, e.a.Routes())
+	}
+	if err := e.dev.Close(); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	if n := names(); n != 0 {
+		t.Errorf("%d routes still name %s after Close: %v", n, devName, e.a.Routes())
+	}
+	err := e.ns.Do(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		dev, err := tun.Start(ctx, e.a, tun.Options{
+			Name:      devName,
+			Addresses: []netip.Prefix{hostAddr},
+			Routes:    []netip.Prefix{hostRoute},
+			Logger:    testLogger(t),
+		})
+		if err != nil {
+			return err
+		}
+		return dev.Close()
+	})
+	if err != nil {
+		t.Errorf("Start again after Close: %v", err)
+	}
+	checkNoGoroutines(t)
+}
