@@ -101,8 +101,6 @@ type ipPacket struct {
 	l4       []byte // after the IP header (and Fragment header)
 }
 
-func (p *ipPacket) fragment() bool { return p.more || p.offset != 0 }
-
 // parseIP reads an IPv4 packet, or an IPv6 packet with at most a Fragment
 // header, from gVisor's header views.
 func parseIP(b []byte) (p ipPacket, ok bool) {
