@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -416,5 +417,53 @@ func TestEnumStrings(t *testing.T) {
 		if got := tt.got.String(); got != tt.want {
 			t.Errorf("%#v.String() = %q, want %q", tt.got, got, tt.want)
 		}
+	}
+}
+
+// TestRoamingCatchAllWarns: roaming together with a tunnel that accepts
+// any inner source is a hijack one echo reply away; check says so, at the
+// roaming attribute, and says nothing when the sources are narrow.
+func TestRoamingCatchAllWarns(t *testing.T) {
+	const base = `tunnel "up" {
+  local     = "192.0.2.1:4700"
+  remote    = "203.0.113.7:4700"
+  addresses = ["10.99.3.1/30"]
+  %s
+  roaming   = true
+}
+`
+	for _, tc := range []struct {
+		name, attrs string
+		warn        bool
+	}{
+		{"allowed /0", `allowed_sources = ["0.0.0.0/0"]`, true},
+		{"allowed ::/0", `allowed_sources = ["10.0.0.0/8", "::/0"]`, true},
+		{"default route, no allowed_sources", `default_route = true`, true},
+		{"default route, narrow allowed_sources", "default_route = true\n  allowed_sources = [\"10.101.0.0/16\"]", false},
+		{"routes only", `routes = ["10.101.0.0/16"]`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, diags := Parse([]byte(fmt.Sprintf(base, tc.attrs)), "roam.hcl")
+			if diags.HasErrors() {
+				t.Fatalf("errors: %v", diags)
+			}
+			var got []string
+			for _, d := range diags {
+				if d.Severity == hcl.DiagWarning {
+					got = append(got, fmt.Sprintf("%s:%d: %s", d.Subject.Filename, d.Subject.Start.Line, d.Summary))
+				}
+			}
+			want := []string(nil)
+			if tc.warn {
+				line := 6
+				if strings.Contains(tc.attrs, "\n") {
+					line = 7
+				}
+				want = []string{fmt.Sprintf("roam.hcl:%d: Roaming with a catch-all allowed_sources", line)}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("warnings %q, want %q", got, want)
+			}
+		})
 	}
 }

@@ -442,6 +442,11 @@ func (d *decoder) decodeTunnel(b *hcl.Block) (Tunnel, tunnelSrc) {
 		t.Impair = d.decodeImpair(ib)
 	}
 
+	if ra := a["roaming"]; ra != nil && t.Roaming && acceptsAnySource(t) {
+		d.report(hcl.DiagWarning, ra.Expr.Range(), &ra.Range, "Roaming with a catch-all allowed_sources",
+			"roaming lets the peer's outer address change, and this tunnel accepts any inner source (allowed_sources holds a /0, or default_route without allowed_sources): anyone who can reach its local port can send packets into the stack from any inner address, and, once its address answers the echo request the tunnel sends it, receive the tunnel's traffic. IPIP and FOU authenticate nothing but the outer address. Narrow allowed_sources to the networks behind the peer, or pin the peer with roaming = false.")
+	}
+
 	// Inner MTU checks that need the outer family, transport and path MTU.
 	if outerOK && addrsOK && d.errorCount() == errs {
 		eff := t.EffectiveMTU()
@@ -460,6 +465,21 @@ func (d *decoder) decodeTunnel(b *hcl.Block) (Tunnel, tunnelSrc) {
 		}
 	}
 	return t, ts
+}
+
+// acceptsAnySource reports whether t accepts every inner source address of
+// a family: an allowed /0, or a default route that sets the default
+// allowed sources.
+func acceptsAnySource(t Tunnel) bool {
+	if len(t.AllowedSources) == 0 {
+		return t.DefaultRoute
+	}
+	for _, p := range t.AllowedSources {
+		if p.Bits() == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // subjectOr returns a's value range, or b's header if a is absent.

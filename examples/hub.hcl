@@ -44,17 +44,22 @@ tunnel "peer2" {
   tos         = "inherit"
 }
 
-# peer3: the upstream. Everything not routed elsewhere goes there, and it
-# may move (NAT rebinding, DHCP), so its outer address is learned.
+# peer3: the upstream. Everything not routed elsewhere goes there. Its
+# replies come from anywhere on the internet, so it must accept any inner
+# source; then its outer address is its only credential, and it is pinned:
+# roaming together with a catch-all allowed_sources would let anyone who
+# can reach 192.0.2.1:4703 inject packets from any address and, once it
+# answers the tunnel's echo request, take the hub's default route (check
+# warns about that combination). A peer whose address really moves gets
+# roaming = true and allowed_sources of its own networks only.
 tunnel "peer3" {
   transport       = "udp"
   local           = "192.0.2.1:4703"
   remote          = "203.0.113.7:4700"
   addresses       = ["10.99.3.1/30"]
-  default_route   = true # 0.0.0.0/0 and ::/0
+  default_route   = true          # 0.0.0.0/0 and ::/0
   allowed_sources = ["0.0.0.0/0"] # replies from anywhere on the internet
-  roaming         = true
-  path_mtu        = 1420 # the upstream path is itself a tunnel
+  path_mtu        = 1420          # the upstream path is itself a tunnel
 }
 
 # SSH into the hub from any peer.
