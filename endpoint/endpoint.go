@@ -467,8 +467,9 @@ func (e *Endpoint) Close() {
 	if f != nil {
 		f()
 	}
-	e.writers.Lock()
 	// An empty critical section: waiting for the writers is the point.
+	e.writers.Lock()
+	//lint:ignore SA2001 Lock returned once every WritePackets in progress ended; nothing is guarded.
 	e.writers.Unlock()
 	e.wg.Wait()
 	e.tx.Release()
