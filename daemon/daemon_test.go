@@ -138,6 +138,9 @@ func TestTwoDaemons(t *testing.T) {
 		`ipipstack_reassembly_bytes{family="ipv4"} `,
 		`ipipstack_tunnel_rx_coalesced_packets_total{tunnel="b"} `,
 		`ipipstack_tunnel_path_mtu_learned_total{tunnel="b"} 0`,
+		`ipipstack_tunnel_outer_path_mtu_bytes{tunnel="b"} 0`,
+		`ipipstack_tunnel_outer_path_mtu_expiry_timestamp_seconds{tunnel="b"} 0`,
+		`ipipstack_tunnel_outer_fragmentation{tunnel="b"} 0`,
 		`ipipstack_reassembly_bytes{family="ipv6"} `,
 		`ipipstack_reassembly_limits_applied 1`,
 	} {

@@ -60,6 +60,9 @@ func (d *Daemon) collect() []*family {
 	coalesced := fam("ipipstack_tunnel_rx_coalesced_packets_total", counter, "Received inner packets that reached the stack merged into larger TCP segments.")
 	pmtuLearned := fam("ipipstack_tunnel_path_mtu_learned_total", counter, "IPv6 path MTUs learned from Packet Too Big.")
 	pmtuCut := fam("ipipstack_tunnel_path_mtu_cut_packets_total", counter, "IPv6 packets the stack sent that were cut to fit a learned path MTU.")
+	outerPMTU := fam("ipipstack_tunnel_outer_path_mtu_bytes", gauge, "Outer path MTU learned from the kernel that holds the tunnel MTU down; 0 if none.")
+	outerExpiry := fam("ipipstack_tunnel_outer_path_mtu_expiry_timestamp_seconds", gauge, "Unix time the learned outer path MTU expires and the tunnel MTU goes back up; 0 if none is learned.")
+	outerFrag := fam("ipipstack_tunnel_outer_fragmentation", gauge, "1 while the outer path is narrower than IPv6's minimum MTU and outer packets above it leave without DF.")
 	for _, t := range st.Tunnels {
 		info.add("1", "tunnel", t.Name, "transport", t.Transport, "local", t.Local, "remote", t.Remote, "peer", t.Peer)
 		mtu.add(u64(uint64(t.MTU)), "tunnel", t.Name)
@@ -78,6 +81,13 @@ func (d *Daemon) collect() []*family {
 		coalesced.add(u64(t.RxCoalesced), "tunnel", t.Name)
 		pmtuLearned.add(u64(t.PathMTULearned), "tunnel", t.Name)
 		pmtuCut.add(u64(t.PathMTUCut), "tunnel", t.Name)
+		outerPMTU.add(i64(int64(t.OuterPathMTU)), "tunnel", t.Name)
+		exp := "0"
+		if t.OuterPathMTUExpires != nil {
+			exp = f64(float64(t.OuterPathMTUExpires.UnixNano()) / 1e9)
+		}
+		outerExpiry.add(exp, "tunnel", t.Name)
+		outerFrag.add(boolValue(t.OuterFragmentation), "tunnel", t.Name)
 	}
 
 	active := fam("ipipstack_service_active_connections", gauge, "Connections (UDP: sessions) open now.")
@@ -106,7 +116,7 @@ func (d *Daemon) collect() []*family {
 	limits.add(boolValue(st.ReassemblyLimitsApplied))
 
 	out := []*family{build, start, draining, info, mtu, rxp, rxb, txp, txb, drops, seen,
-		coalesced, pmtuLearned, pmtuCut, active, total, rejected, dialFail, bytes, reasm, limits}
+		coalesced, pmtuLearned, pmtuCut, outerPMTU, outerExpiry, outerFrag, active, total, rejected, dialFail, bytes, reasm, limits}
 	if f := st.Forwarding; f != nil {
 		refrag := fam("ipipstack_forward_refragmented_total", counter, "IPv4 packets the router cut to fit the link they left by.")
 		refrag.add(u64(f.Refragmented))

@@ -67,6 +67,17 @@ type TunnelStatus struct {
 	RxCoalesced    uint64 `json:"rx_coalesced"`
 	PathMTULearned uint64 `json:"path_mtu_learned"`
 	PathMTUCut     uint64 `json:"path_mtu_cut"`
+	// OuterPathMTU is the outer path MTU learned when the kernel refused
+	// a datagram as too big, while it holds the MTU down (0: none);
+	// OuterPathMTULearned is when it was learned, OuterPathMTUExpires when
+	// the tunnel asks the kernel again and goes back up.
+	// OuterFragmentation is true while the outer path is narrower than
+	// IPv6's minimum MTU: the MTU stays at 1280 and outer packets above
+	// the path leave without DF, fragmented on the way.
+	OuterPathMTU        int        `json:"outer_path_mtu"`
+	OuterPathMTULearned *time.Time `json:"outer_path_mtu_learned,omitempty"`
+	OuterPathMTUExpires *time.Time `json:"outer_path_mtu_expires,omitempty"`
+	OuterFragmentation  bool       `json:"outer_fragmentation"`
 	// Drops counts dropped packets by reason (encap.Reason names, and
 	// QueueFull for the tunnel NIC's queue, stack.TunnelStats.QueueDrops);
 	// every reason is present, zero or not.
@@ -143,6 +154,13 @@ func (d *Daemon) Status() Status {
 			RxCoalesced:    ts.RxCoalesced,
 			PathMTULearned: ts.PathMTULearned,
 			PathMTUCut:     ts.PathMTUCut,
+
+			OuterPathMTU:       ts.OuterPathMTU,
+			OuterFragmentation: ts.OuterFragmentation,
+		}
+		if ts.OuterPathMTU != 0 {
+			learned, expires := ts.OuterPathMTULearned, ts.OuterPathMTUExpires
+			t.OuterPathMTULearned, t.OuterPathMTUExpires = &learned, &expires
 		}
 		if ct := d.tunnelConfig(ts.Name); ct != nil {
 			t.Transport = ct.Transport.String()

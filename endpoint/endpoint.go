@@ -29,6 +29,21 @@
 // The endpoint owns the Transport and closes it in Close. One goroutine per
 // Receiver reads from the transport once the stack attaches the endpoint;
 // Close stops them and Wait waits for them.
+//
+// # Path MTU
+//
+// When the kernel refuses a datagram as too big for its path MTU to the
+// peer, the endpoint lowers the tunnel MTU to what that path MTU leaves,
+// for Options.PathMTUExpiry (10 minutes by default); then it asks the
+// kernel again and goes back up, to the configured MTU once the kernel no
+// longer knows a lower path MTU. Unless Options.IPv4Only is set, an MTU of
+// 1280 or more is never lowered below IPv6's minimum of 1280 (gVisor
+// stops sending IPv6 altogether below it): over an IPv4 outer path
+// narrower than 1280 plus the overhead, outer packets the path cannot
+// carry leave without DF and are fragmented on the way, as with Linux sit,
+// and inner IPv4 packets with DF are answered with Fragmentation Needed
+// quoting the real path. Stats shows the learned path MTU, its expiry and
+// whether outer packets are being fragmented. See pmtu.go.
 package endpoint
 
 import (
@@ -91,6 +106,17 @@ type Options struct {
 	MTU uint32
 	// PathMTU is the outer path MTU; 0 means DefaultPathMTU.
 	PathMTU int
+	// PathMTUExpiry is how long a lower outer path MTU learned from the
+	// kernel holds the tunnel MTU down (pmtu.go); then the endpoint asks
+	// the kernel again and goes back up as far as it allows. 0 means
+	// DefaultPathMTUExpiry (RFC 1191 §6.3, Linux's mtu_expires).
+	PathMTUExpiry time.Duration
+	// IPv4Only says that the tunnel carries no inner IPv6, so its MTU may
+	// follow the outer path below IPv6's minimum of 1280 bytes. Off (the
+	// default), an MTU of 1280 or more is never lowered below 1280: outer
+	// packets the path cannot carry leave without DF and are fragmented
+	// on the way, as Linux sit does (pmtu.go).
+	IPv4Only bool
 	// Policy sets the outer TTL, ToS, DF and encapsulation limit; its zero
 	// value is Linux ipip's default.
 	Policy encap.Policy
@@ -189,6 +215,11 @@ type Endpoint struct {
 	fragID atomic.Uint32
 	// roamer confirms a roaming peer's new address (roam.go).
 	roamer roamer
+	// room is the largest inner packet the outer path carries whole: the
+	// MTU, or less while outer packets are fragmented; opath is what
+	// moves them (pmtu.go).
+	room  atomic.Uint32
+	opath outerPath
 
 	stats counters
 
@@ -284,7 +315,7 @@ func New(opts Options) (*Endpoint, error) {
 	if mtu < MinMTU || mtu > MaxMTU {
 		return nil, fmt.Errorf("endpoint: MTU %d outside %d..%d", mtu, MinMTU, MaxMTU)
 	}
-	e.mtu.Store(mtu)
+	e.initPathMTU(mtu, opts)
 	if o, ok := opts.Transport.(Offloader); ok {
 		e.offloads = o.Offloads()
 	}
@@ -380,7 +411,9 @@ func (e *Endpoint) Framing() Framing { return e.framing }
 func (e *Endpoint) MTU() uint32 { return e.mtu.Load() }
 
 // SetMTU implements stack.LinkEndpoint.SetMTU.
-func (e *Endpoint) SetMTU(mtu uint32) { e.mtu.Store(mtu) }
+// It sets the configured MTU, which a learned outer path MTU may hold
+// down (pmtu.go).
+func (e *Endpoint) SetMTU(mtu uint32) { e.setBaseMTU(mtu) }
 
 // MaxHeaderLength implements stack.LinkEndpoint.MaxHeaderLength. The outer
 // header is written into a buffer of the endpoint's own, not into the
@@ -461,6 +494,7 @@ func (e *Endpoint) Close() {
 	e.closed.Store(true)
 	f := e.onClose
 	e.mu.Unlock()
+	e.stopPathMTU()
 	// The transport first: a write blocked in it returns, so that the
 	// stack's queue, which onClose (RemoveNIC) waits for, can stop.
 	e.tr.Close()
@@ -795,6 +829,7 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	tb.enc = peer.enc
 	mtu := int(e.mtu.Load())
 	for _, pkt := range pkts.AsSlice() {
+		mtu := e.packetMTU(pkt, mtu) // less for IPv4 DF above the outer path (pmtu.go)
 		gso := pkt.GSOOptions
 		if gso.Type == stack.GSOTCPv4 || gso.Type == stack.GSOTCPv6 {
 			if pkt.Data().Size() > int(gso.MSS) && gso.MSS > 0 {
@@ -835,7 +870,7 @@ func (e *Endpoint) writeSuper(tb *txBatch, pkt *stack.PacketBuffer, mss int, rem
 		return
 	}
 	n, segSize := segmentTCP(buf, pkt, mss)
-	if e.offloads.GSO && !e.gsoOff.Load() {
+	if e.offloads.GSO && !e.gsoOff.Load() && e.gsoFits(segSize) {
 		e.queueGSO(tb, buf[:n], segSize, remote)
 		return
 	}
@@ -884,7 +919,7 @@ func (e *Endpoint) queuePiece(tb *txBatch, p []byte, remote netip.AddrPort) {
 	segs := tb.segs[i][:0]
 	if tb.enc != nil {
 		hdr := tb.hdrs[i][:]
-		k, err := tb.enc.EncodeHead(hdr, p, len(p), uint16(e.ipID.Add(1)))
+		k, err := e.encodeOuter(tb.enc, hdr, p, len(p))
 		if err != nil {
 			e.stats.drop(encap.NotIP)
 			return
@@ -974,7 +1009,7 @@ func (e *Endpoint) encode(tb *txBatch, i int, pkt *stack.PacketBuffer, remote ne
 	m := &tb.msgs[i]
 	if tb.enc != nil {
 		hdr := tb.hdrs[i][:]
-		n, err := tb.enc.EncodeHead(hdr, segs[first], size, uint16(e.ipID.Add(1)))
+		n, err := e.encodeOuter(tb.enc, hdr, segs[first], size)
 		if err != nil {
 			e.stats.drop(encap.NotIP)
 			return false

@@ -2,6 +2,7 @@ package endpoint
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"sync"
@@ -81,4 +82,34 @@ func (p *pmtuProbe) close() error {
 	err := unix.Close(p.fd)
 	p.fd = -1
 	return err
+}
+
+var _ fragmentAllower = (*sockTransport)(nil)
+
+// allowFragmentation switches the sending socket of an IPv4 transport
+// between IP_PMTUDISC_DO (refuse datagrams above the path MTU with
+// EMSGSIZE) and IP_PMTUDISC_WANT (set DF on datagrams that fit the path
+// MTU, fragment the others). A raw IPv4 socket with IP_HDRINCL sends the
+// DF bit of the header the endpoint wrote, and fragments a packet without
+// it either way; its setting is changed all the same, so that the two
+// transports read alike. A socket made without DontFragment
+// (IP_PMTUDISC_DONT) already fragments, and IPv6 sockets are left alone.
+func (t *sockTransport) allowFragmentation(on bool) error {
+	if !t.dontFragment || t.tx.v6 {
+		return nil
+	}
+	v := unix.IP_PMTUDISC_DO
+	if on {
+		v = unix.IP_PMTUDISC_WANT
+	}
+	var serr error
+	if err := t.tx.rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_MTU_DISCOVER, v)
+	}); err != nil {
+		return fmt.Errorf("endpoint: outer socket: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("endpoint: outer socket: %w", os.NewSyscallError("setsockopt IP_MTU_DISCOVER", serr))
+	}
+	return nil
 }

@@ -76,6 +76,9 @@ type sockTransport struct {
 	// probe asks the kernel for the path MTU (pmtu_linux.go); nil if it
 	// could not be opened.
 	probe *pmtuProbe
+	// dontFragment: the sending socket is IP_PMTUDISC_DO
+	// (SocketOptions.DontFragment), which allowFragmentation relaxes.
+	dontFragment bool
 }
 
 // openProbe opens t's path MTU probe; without one the endpoint does not
@@ -155,7 +158,7 @@ func (t *sockTransport) Close() error {
 // a zero checksum (no UDP_NO_CHECK6_RX), so every datagram is verified.
 func ListenUDP(local netip.AddrPort, opts SocketOptions) (Transport, error) {
 	v6 := local.Addr().Is6() && !local.Addr().Is4In6()
-	t := &sockTransport{framing: FramingUDP, txBatch: newMmsgBatch(opts.batch())}
+	t := &sockTransport{framing: FramingUDP, txBatch: newMmsgBatch(opts.batch()), dontFragment: opts.DontFragment}
 	if !v6 {
 		// SO_REUSEPORT would let our bind share a port that another
 		// socket of this user holds with SO_REUSEPORT too, and a second
@@ -306,6 +309,8 @@ func ListenRaw(local netip.Addr, opts SocketOptions) (Transport, error) {
 		framing: framing,
 		local:   netip.AddrPortFrom(local, 0),
 		txBatch: newMmsgBatch(opts.batch()),
+
+		dontFragment: opts.DontFragment,
 	}
 	open := func(proto int, bind bool) (*sockConn, error) {
 		fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)

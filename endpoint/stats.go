@@ -59,6 +59,18 @@ type Stats struct {
 	LastSeen time.Time
 	// Peer is the peer's current outer address.
 	Peer netip.AddrPort
+	// OuterPathMTU is the outer path MTU the endpoint learned from the
+	// kernel after a send was refused as too big, while it holds the
+	// tunnel MTU below its configured value; 0 if none does (pmtu.go).
+	// OuterPathMTULearned is when it was learned, OuterPathMTUExpires
+	// when the endpoint asks the kernel again (Options.PathMTUExpiry).
+	OuterPathMTU                             int
+	OuterPathMTULearned, OuterPathMTUExpires time.Time
+	// OuterFragmentation reports that the outer path is narrower than
+	// IPv6's minimum MTU plus the overhead: the tunnel MTU stays at 1280
+	// and outer packets the path cannot carry leave without DF, to be
+	// fragmented on the way.
+	OuterFragmentation bool
 }
 
 // DropTotal sums Drops.
@@ -94,5 +106,6 @@ func (e *Endpoint) Stats() Stats {
 	if ns := e.stats.lastSeen.Load(); ns != 0 {
 		s.LastSeen = time.Unix(0, ns)
 	}
+	e.pathStats(&s)
 	return s
 }

@@ -272,14 +272,26 @@ func rawStartCapture(t *testing.T, ns *rawNS, dev string) *rawCapture {
 	go func() {
 		defer close(c.done)
 		buf := make([]byte, 1<<16)
+		stopping := false
 		for {
-			select {
-			case <-c.stop:
-				return
-			default:
+			flags := unix.MSG_TRUNC
+			if !stopping {
+				select {
+				case <-c.stop:
+					// Read what the socket still holds, then stop: a
+					// fast transfer ends with frames queued.
+					stopping = true
+				default:
+				}
 			}
-			n, from, err := unix.Recvfrom(c.fd, buf, unix.MSG_TRUNC)
+			if stopping {
+				flags |= unix.MSG_DONTWAIT
+			}
+			n, from, err := unix.Recvfrom(c.fd, buf, flags)
 			if err != nil {
+				if stopping && err != unix.EINTR {
+					return
+				}
 				continue // EAGAIN on the receive timeout, EINTR
 			}
 			f := rawFrame{size: n, head: append([]byte(nil), buf[:min(n, len(buf), 128)]...)}

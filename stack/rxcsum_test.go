@@ -92,8 +92,8 @@ func rawCsumPeer(t *testing.T, v6 bool) (*stack.Stack, csumPeer) {
 	local, remote := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
 	if v6 {
 		local, remote = netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2")
-		ns.ip(t, "addr", "add", "fd00::1/128", "dev", "lo")
-		ns.ip(t, "addr", "add", "fd00::2/128", "dev", "lo")
+		ns.ip(t, "addr", "add", "fd00::1/128", "dev", "lo", "nodad")
+		ns.ip(t, "addr", "add", "fd00::2/128", "dev", "lo", "nodad")
 	}
 	var s *stack.Stack
 	fds := map[uint8]int{}

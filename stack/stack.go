@@ -95,6 +95,11 @@ type Tunnel struct {
 	MTU int
 	// PathMTU is the outer path MTU; 0 means 1500.
 	PathMTU int
+	// PathMTUExpiry is how long a lower outer path MTU, learned when the
+	// kernel refuses a datagram as too big, holds the tunnel MTU down
+	// before the tunnel asks the kernel again; 0 means 10 minutes (see
+	// endpoint.Options.PathMTUExpiry).
+	PathMTUExpiry time.Duration
 	// Policy sets the outer TTL, ToS, DF and IPv6 encapsulation limit; the
 	// zero value is Linux ipip's default (see encap.Policy).
 	Policy encap.Policy
@@ -419,6 +424,8 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 		Remote:         t.Remote,
 		MTU:            uint32(t.MTU),
 		PathMTU:        t.PathMTU,
+		PathMTUExpiry:  t.PathMTUExpiry,
+		IPv4Only:       ipv4Only(t, s.forwarding),
 		Policy:         t.Policy,
 		AllowedSources: allowed,
 		OnLink:         t.Addresses,
@@ -499,6 +506,27 @@ func rawPeer(t *Tunnel) netip.Addr {
 		return netip.Addr{}
 	}
 	return t.Remote.Addr()
+}
+
+// ipv4Only reports whether no inner IPv6 can cross t: it has no IPv6
+// address or route, and the stack does not forward (a router may send
+// IPv6 over a tunnel of IPv4 addresses). Only then may its MTU follow the
+// outer path below IPv6's minimum (endpoint.Options.IPv4Only).
+func ipv4Only(t *Tunnel, forwarding bool) bool {
+	if forwarding {
+		return false
+	}
+	for _, a := range t.Addresses {
+		if a.Addr().Is6() {
+			return false
+		}
+	}
+	for _, r := range t.Routes {
+		if r.Addr().Is6() {
+			return false
+		}
+	}
+	return true
 }
 
 // Close stops the stack: every connection and listener of it fails, every

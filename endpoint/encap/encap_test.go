@@ -450,3 +450,37 @@ func BenchmarkDecap(b *testing.B) {
 		})
 	}
 }
+
+func TestClearDF(t *testing.T) {
+	// The header of TestEncodeIPv4Capture, DF set.
+	h := mustHex(t, "4500 0068 0001 4000 ff04 236c ac10 0a02 9810 0a02")
+	ClearDF(h)
+	// Checksum by hand: 0x2dc91 - 0x4000 = 0x29c91, folded 0x9c93,
+	// complemented 0x636c.
+	want := mustHex(t, "4500 0068 0001 0000 ff04 636c ac10 0a02 9810 0a02")
+	if !bytes.Equal(h, want) {
+		t.Errorf("ClearDF = % x\nwant      % x", h, want)
+	}
+	ClearDF(h) // DF already clear: unchanged
+	if !bytes.Equal(h, want) {
+		t.Errorf("ClearDF twice = % x\nwant            % x", h, want)
+	}
+	// The same as an Encoder with DFClear writes, for every ID.
+	inner := icmpEcho(t)
+	set, _ := NewEncoder(netip.MustParseAddr("172.16.10.2"), netip.MustParseAddr("152.16.10.2"), Policy{DF: DFSet})
+	clr, _ := NewEncoder(netip.MustParseAddr("172.16.10.2"), netip.MustParseAddr("152.16.10.2"), Policy{DF: DFClear})
+	for id := range 1 << 16 {
+		var a, b [IPv4HeaderLen]byte
+		set.Encode(a[:], inner, uint16(id))
+		clr.Encode(b[:], inner, uint16(id))
+		ClearDF(a[:])
+		if a != b {
+			t.Fatalf("ID %#04x: ClearDF = % x, DFClear encodes % x", id, a, b)
+		}
+	}
+	v6 := bytes.Repeat([]byte{0x60}, IPv6HeaderLen)
+	ClearDF(v6)
+	if !bytes.Equal(v6, bytes.Repeat([]byte{0x60}, IPv6HeaderLen)) {
+		t.Errorf("ClearDF changed an IPv6 header: % x", v6)
+	}
+}

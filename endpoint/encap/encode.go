@@ -167,6 +167,21 @@ func boolInt(b bool) int {
 	return 0
 }
 
+// ClearDF clears the Don't Fragment bit of the IPv4 header h, which an
+// Encoder wrote, updating its checksum (RFC 1624), so that the packet may
+// be fragmented on the way. An IPv6 header is left as it is.
+func ClearDF(h []byte) {
+	if len(h) < IPv4HeaderLen || h[0]>>4 != 4 || h[v4Flags]&v4FlagDF == 0 {
+		return
+	}
+	old := binary.BigEndian.Uint16(h[v4Flags:])
+	h[v4Flags] &^= v4FlagDF
+	updated := binary.BigEndian.Uint16(h[v4Flags:])
+	// HC' = ~(~HC + ~m + m')
+	s := uint64(^binary.BigEndian.Uint16(h[v4Checksum:])) + uint64(^old) + uint64(updated)
+	binary.BigEndian.PutUint16(h[v4Checksum:], ^fold(s))
+}
+
 // SetECN sets the ECN field of an IPv4 or IPv6 packet in place; for IPv4 it
 // updates the header checksum incrementally (RFC 1624). pkt must have been
 // validated by ValidateInner.
