@@ -45,11 +45,14 @@ const maxHeldFragments = 8
 type heldFragment struct {
 	pkt      *stack.PacketBuffer // with a reference of the hold's; nil if the slot is free
 	v6       bool
+	proto    tcpip.TransportProtocolNumber
 	src, dst tcpip.Address
 	id       uint32
-	// sum is the checksum of the pseudo-header and of the datagram's
-	// bytes so far; next is the offset the next fragment must start at,
-	// and udpLen the datagram's UDP length, where the last one ends.
+	// sum is the checksum of the datagram's transport bytes so far (the
+	// pseudo-header is added when the length is known, at the end); next
+	// is the offset the next fragment must start at, and udpLen the
+	// datagram's UDP length, where the last one ends (0 for TCP, whose
+	// header says no length: its last fragment says where it ends).
 	sum          uint16
 	next, udpLen int
 	age          uint64
@@ -66,8 +69,10 @@ type heldFragment struct {
 //     is the link endpoint's to finish as it segments it;
 //   - a whole TCP or UDP packet gets its checksum (a UDP checksum that
 //     comes out 0 is sent as 0xffff, RFC 768);
-//   - a UDP datagram that gVisor fragmented (larger than the MTU) carries
-//     in its first fragment a checksum over all of them: the first fragment
+//   - a UDP datagram or TCP segment that gVisor fragmented (larger than
+//     the MTU: gVisor fragments what it sends itself even with DF, for a
+//     TCP segment sized before the MTU dropped) carries in its first
+//     fragment a checksum over all of them: the first fragment
 //     is held back (TXHeld) while the data of the fragments that follow is
 //     summed, and comes back, completed, with the last one
 //     (TXSendWithFirst), to be sent right after it. Receivers reassemble
@@ -96,7 +101,8 @@ const (
 	// TXSend: send the packet.
 	TXSend TXVerdict = iota
 	// TXHeld: send nothing now; the checksummer holds the packet, the
-	// first fragment of a UDP datagram, with a reference of its own.
+	// first fragment of a UDP datagram or TCP segment, with a reference of
+	// its own.
 	TXHeld
 	// TXSendWithFirst: send the packet, the last fragment of its
 	// datagram, and right after it the datagram's first fragment,
@@ -255,15 +261,23 @@ func (e *Endpoint) txChecksum(tb *txBatch, pkt *stack.PacketBuffer, remote netip
 	return false
 }
 
+// checksumField returns where the checksum of a transport header of proto
+// is and the header's minimum length; ok is false for protocols other
+// than TCP and UDP.
+func checksumField(proto tcpip.TransportProtocolNumber) (off, hdrLen int, ok bool) {
+	switch proto {
+	case header.TCPProtocolNumber:
+		return header.TCPChecksumOffset, header.TCPMinimumSize, true
+	case header.UDPProtocolNumber:
+		return udpChecksumOffset, header.UDPMinimumSize, true
+	}
+	return 0, 0, false
+}
+
 // completeChecksum computes the TCP or UDP checksum of a whole packet.
 func completeChecksum(pkt *stack.PacketBuffer, f *l3Info) {
-	var off, hdrLen int
-	switch f.proto {
-	case header.TCPProtocolNumber:
-		off, hdrLen = header.TCPChecksumOffset, header.TCPMinimumSize
-	case header.UDPProtocolNumber:
-		off, hdrLen = udpChecksumOffset, header.UDPMinimumSize
-	default:
+	off, hdrLen, ok := checksumField(f.proto)
+	if !ok {
 		return
 	}
 	b, _, ok := l4Header(pkt, hdrLen)
@@ -291,23 +305,29 @@ func finalChecksum(proto tcpip.TransportProtocolNumber, sum uint16) uint16 {
 }
 
 // holdFirstFragment holds pkt, a first fragment, if its datagram is UDP
-// and has no checksum yet.
+// or TCP and has no checksum yet.
 func (c *TXChecksummer) holdFirstFragment(pkt *stack.PacketBuffer, f *l3Info) (v TXVerdict, first *stack.PacketBuffer, dropped bool) {
-	if f.proto != header.UDPProtocolNumber {
+	off, hdrLen, ok := checksumField(f.proto)
+	if !ok {
 		return TXSend, nil, false
 	}
-	u, _, ok := l4Header(pkt, header.UDPMinimumSize)
-	if !ok || binary.BigEndian.Uint16(u[udpChecksumOffset:]) != 0 {
+	u, _, ok := l4Header(pkt, hdrLen)
+	if !ok || binary.BigEndian.Uint16(u[off:]) != 0 {
 		return TXSend, nil, false // a checksum of the sender's own (a raw socket's, say)
 	}
-	udpLen := int(binary.BigEndian.Uint16(u[4:]))
+	udpLen := 0
 	sum, n := l4Sum(pkt)
+	if f.proto == header.UDPProtocolNumber {
+		udpLen = int(binary.BigEndian.Uint16(u[4:]))
+		if n >= udpLen {
+			return TXSend, nil, false
+		}
+	}
 	// Every fragment but the last carries a multiple of 8 bytes (RFC 791
 	// §3.2, RFC 8200 §4.5), so the sums of the fragments combine.
-	if n%8 != 0 || n >= udpLen {
+	if n%8 != 0 {
 		return TXSend, nil, false
 	}
-	sum = checksum.Combine(sum, header.PseudoHeaderChecksum(header.UDPProtocolNumber, f.src, f.dst, uint16(udpLen)))
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -329,7 +349,7 @@ func (c *TXChecksummer) holdFirstFragment(pkt *stack.PacketBuffer, f *l3Info) (v
 		slot.pkt.DecRef()
 		dropped = true
 	}
-	*slot = heldFragment{pkt: pkt.IncRef(), v6: f.v6, src: f.src, dst: f.dst, id: f.id,
+	*slot = heldFragment{pkt: pkt.IncRef(), v6: f.v6, proto: f.proto, src: f.src, dst: f.dst, id: f.id,
 		sum: sum, next: n, udpLen: udpLen, age: c.clock}
 	return TXHeld, nil, dropped
 }
@@ -338,14 +358,14 @@ func (c *TXChecksummer) holdFirstFragment(pkt *stack.PacketBuffer, f *l3Info) (v
 // if there is one. When pkt is the last fragment, or follows a gap, the
 // datagram ends: its first fragment comes back completed, or is dropped.
 func (c *TXChecksummer) addFragment(pkt *stack.PacketBuffer, f *l3Info) (v TXVerdict, first *stack.PacketBuffer, dropped bool) {
-	if f.proto != header.UDPProtocolNumber {
+	if _, _, ok := checksumField(f.proto); !ok {
 		return TXSend, nil, false
 	}
 	c.mu.Lock()
 	var slot *heldFragment
 	for i := range c.slots {
 		s := &c.slots[i]
-		if s.pkt != nil && s.id == f.id && s.v6 == f.v6 && s.src == f.src && s.dst == f.dst {
+		if s.pkt != nil && s.id == f.id && s.v6 == f.v6 && s.proto == f.proto && s.src == f.src && s.dst == f.dst {
 			slot = s
 			break
 		}
@@ -363,16 +383,19 @@ func (c *TXChecksummer) addFragment(pkt *stack.PacketBuffer, f *l3Info) (v TXVer
 			c.mu.Unlock()
 			return TXSend, nil, false
 		}
-		complete = slot.next == slot.udpLen
+		complete = slot.udpLen == 0 || slot.next == slot.udpLen
 	}
 	// The last fragment, or one after a gap: the datagram ends here.
-	first, total := slot.pkt, slot.sum
+	first, total, length, proto := slot.pkt, slot.sum, slot.next, slot.proto
+	src, dst := slot.src, slot.dst
 	*slot = heldFragment{}
 	c.mu.Unlock()
 
-	if complete {
-		if u, _, ok := l4Header(first, header.UDPMinimumSize); ok {
-			binary.BigEndian.PutUint16(u[udpChecksumOffset:], finalChecksum(header.UDPProtocolNumber, total))
+	if complete && length <= 0xffff {
+		off, hdrLen, _ := checksumField(proto)
+		if u, _, ok := l4Header(first, hdrLen); ok {
+			total = checksum.Combine(total, header.PseudoHeaderChecksum(proto, src, dst, uint16(length)))
+			binary.BigEndian.PutUint16(u[off:], finalChecksum(proto, total))
 			return TXSendWithFirst, first, false
 		}
 	}
