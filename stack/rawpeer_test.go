@@ -172,7 +172,13 @@ func TestRawTunnelRoaming(t *testing.T) {
 	if d := after.Drops[encap.WrongPeer] - before.Drops[encap.WrongPeer]; d != 0 {
 		t.Errorf("wrong_peer grew by %d, want 0: a roaming tunnel accepts its moved peer", d)
 	}
-	if got, want := a.Endpoint("to-b").Remote().Addr(), peerOuter(5); got != want {
-		t.Errorf("Remote() = %v after the peer moved, want %v", got, want)
+	// The tunnel moves once the new address answered its echo request
+	// (endpoint/roam.go); then what it sends reaches the moved peer.
+	waitFor(t, "the tunnel to follow its peer to "+peerOuter(5).String(), func() bool {
+		return a.Endpoint("to-b").Remote().Addr() == peerOuter(5)
+	})
+	if st := a.Endpoint("to-b").Stats(); st.Roams != 1 || st.RoamProbes == 0 {
+		t.Errorf("Roams %d, RoamProbes %d; want 1 move after at least one probe", st.Roams, st.RoamProbes)
 	}
+	pingOK(t, a, peerInner(1, 2).Addr())
 }
