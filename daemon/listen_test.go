@@ -1,16 +1,23 @@
 package daemon
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/ipipstack/ipipstack/config"
+	"golang.org/x/sys/unix"
 )
 
 // startOne starts a daemon with a tunnel to a peer that never answers, a
@@ -41,8 +48,6 @@ socks5 "proxy" {
 	}
 	return startDaemon(t, cfg, opts)
 }
-
-var _ = config.DefaultMaxConnections
 
 // /metrics carries the Go runtime's and the process's standard series next
 // to the daemon's own.
@@ -80,4 +85,289 @@ func TestMetricsRuntimeAndProcess(t *testing.T) {
 	if rss := value("process_resident_memory_bytes"); rss < 1<<20 || rss > 1<<40 {
 		t.Errorf("process_resident_memory_bytes = %v, want between 1 MiB and 1 TiB", rss)
 	}
+}
+
+// The fd tests run the daemon in a child process (this test binary again,
+// with fdChildEnv set to the test's name) so that lowering RLIMIT_NOFILE
+// and running out of descriptors touches nothing else. The child talks on
+// stdout in lines starting with fdChildPrefix and reads commands on stdin;
+// the connections that press on its listeners come from the parent, which
+// has descriptors to spare.
+const (
+	fdChildEnv    = "IPIPSTACK_TEST_FD_CHILD"
+	fdChildPrefix = "FDCHILD "
+)
+
+// fdChild is the parent's handle on a child.
+type fdChild struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  chan string
+	stderr *syncBuffer
+	addrs  map[string]string // "status", "forward", "socks5"
+}
+
+// startFDChild runs the current test in a child process and returns once
+// the child's daemon is listening.
+func startFDChild(t *testing.T) *fdChild {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), fdChildEnv+"="+t.Name())
+	c := &fdChild{t: t, cmd: cmd, lines: make(chan string, 16), stderr: &syncBuffer{}}
+	cmd.Stderr = c.stderr
+	var err error
+	if c.stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.stdin.Close() // the child shuts down on EOF
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil && !t.Failed() {
+				t.Errorf("child: %v\n%s", err, c.stderr.String())
+			}
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Errorf("child did not exit\n%s", c.stderr.String())
+		}
+		if t.Failed() {
+			t.Logf("child's stderr:\n%s", c.stderr.String())
+		}
+	})
+	go func() {
+		defer close(c.lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if l, ok := strings.CutPrefix(sc.Text(), fdChildPrefix); ok {
+				c.lines <- l
+			} else {
+				c.stderr.Write([]byte(sc.Text() + "\n")) // the child's test output
+			}
+		}
+	}()
+	if err := json.Unmarshal([]byte(c.expect("listening ")), &c.addrs); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// expect waits for the child's next line, which must start with prefix,
+// and returns the rest.
+func (c *fdChild) expect(prefix string) string {
+	c.t.Helper()
+	select {
+	case l, ok := <-c.lines:
+		if !ok {
+			c.t.Fatalf("child exited before %q\n%s", prefix, c.stderr.String())
+		}
+		rest, found := strings.CutPrefix(l, prefix)
+		if !found {
+			c.t.Fatalf("child said %q, want %q...", l, prefix)
+		}
+		return rest
+	case <-time.After(30 * time.Second):
+		c.t.Fatalf("child did not say %q within 30s\n%s", prefix, c.stderr.String())
+	}
+	return ""
+}
+
+func (c *fdChild) send(cmd string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.stdin, cmd+"\n"); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// childSide is the child's end: its daemon, its log, stdin and stdout.
+type childSide struct {
+	t   *testing.T
+	d   *Daemon
+	log *syncBuffer
+	in  *bufio.Scanner
+}
+
+// startChildSide starts the child's daemon and tells the parent where it
+// listens.
+func startChildSide(t *testing.T) *childSide {
+	log := &syncBuffer{}
+	h := slog.NewTextHandler(io.MultiWriter(os.Stderr, log), &slog.HandlerOptions{Level: slog.LevelDebug})
+	c := &childSide{t: t, log: log, in: bufio.NewScanner(os.Stdin)}
+	c.d = startOne(t, Options{Logger: slog.New(h), DrainTimeout: -1})
+	addrs := map[string]string{
+		"status":  c.d.StatusAddr().String(),
+		"forward": svcStatus(t, c.d, KindForward, "web").Listen,
+		"socks5":  svcStatus(t, c.d, KindSOCKS5, "proxy").Listen,
+	}
+	b, _ := json.Marshal(addrs)
+	c.say("listening " + string(b))
+	return c
+}
+
+func (c *childSide) say(line string) { fmt.Printf("%s%s\n", fdChildPrefix, line) }
+
+// wait reads the parent's next command, which must be cmd.
+func (c *childSide) wait(cmd string) {
+	c.t.Helper()
+	if !c.in.Scan() || c.in.Text() != cmd {
+		c.t.Fatalf("parent said %q (%v), want %q", c.in.Text(), c.in.Err(), cmd)
+	}
+}
+
+// openFDs counts the process's open descriptors. It needs one itself.
+func openFDs() (int, error) {
+	ents, err := os.ReadDir("/proc/self/fd")
+	return len(ents) - 1, err
+}
+
+// setFDLimit sets the soft RLIMIT_NOFILE of the process.
+func setFDLimit(t *testing.T, n uint64) {
+	t.Helper()
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	lim.Cur = n
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// exhaustFDs opens descriptors until the process has none left, and
+// returns them.
+func exhaustFDs(t *testing.T) []int {
+	t.Helper()
+	var fds []int
+	for {
+		fd, err := unix.Dup(0)
+		if err != nil {
+			if err != unix.EMFILE {
+				t.Fatalf("dup: %v", err)
+			}
+			return fds
+		}
+		fds = append(fds, fd)
+	}
+}
+
+// Every listener (forward, SOCKS5, status) keeps failing to accept while
+// the process is out of descriptors, counts those failures, and accepts
+// again once descriptors are free: the connections that waited in the
+// backlog are served.
+func TestListenersSurviveFDExhaustion(t *testing.T) {
+	if os.Getenv(fdChildEnv) == t.Name() {
+		c := startChildSide(t)
+		n, err := openFDs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		setFDLimit(t, uint64(n+64))
+		fds := exhaustFDs(t)
+		c.say("exhausted")
+		// The parent has dialed all three; wait until each has failed.
+		waitFor(t, 20*time.Second, "accept errors on every listener", func() bool {
+			for _, addr := range c.addrsOf() {
+				if !strings.Contains(c.log.String(), " "+addr+": accept4: too many open files") {
+					return false
+				}
+			}
+			return true
+		})
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		c.say("released")
+		c.wait("done")
+		return
+	}
+
+	c := startFDChild(t)
+	c.expect("exhausted")
+	// These wait in the listeners' backlogs while the child has no
+	// descriptor to accept them with.
+	var conns []net.Conn
+	for _, name := range []string{"status", "forward", "socks5"} {
+		nc, err := net.DialTimeout("tcp", c.addrs[name], 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial %s: %v", name, err)
+		}
+		defer nc.Close()
+		conns = append(conns, nc)
+	}
+	c.expect("released")
+
+	// The status connection made during the exhaustion is served now.
+	conns[0].SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conns[0], "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conns[0]), nil)
+	if err != nil {
+		t.Fatalf("status request sent on the connection made while out of descriptors: %v", err)
+	}
+	var st map[string]any
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// And the forward's and the proxy's: they were accepted (counted in
+	// total), after their failures were counted.
+	hc := &http.Client{Timeout: 5 * time.Second}
+	defer hc.CloseIdleConnections()
+	var services []struct {
+		Kind         string  `json:"kind"`
+		Total        uint64  `json:"total"`
+		AcceptErrors *uint64 `json:"accept_errors"`
+	}
+	waitFor(t, 10*time.Second, "the forward and the proxy to accept their waiting connection", func() bool {
+		if err := json.Unmarshal(get(t, hc, "http://"+c.addrs["status"]+"/status"), &struct{ Services any }{&services}); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range services {
+			if s.Total == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, s := range services {
+		if s.AcceptErrors == nil || *s.AcceptErrors == 0 {
+			t.Errorf("/status: %s accept_errors = %v, want > 0 (its accepts failed while out of descriptors)", s.Kind, s.AcceptErrors)
+		}
+	}
+	var ss struct {
+		StatusServer *struct {
+			AcceptErrors uint64 `json:"accept_errors"`
+		} `json:"status_server"`
+	}
+	b, _ := json.Marshal(st)
+	json.Unmarshal(b, &ss)
+	if ss.StatusServer == nil || ss.StatusServer.AcceptErrors == 0 {
+		t.Errorf("/status: status_server = %+v, want accept_errors > 0", ss.StatusServer)
+	}
+	metrics := string(get(t, hc, "http://"+c.addrs["status"]+"/metrics"))
+	for _, re := range []string{
+		`(?m)^ipipstack_service_accept_errors_total\{kind="forward",service="web"\} [1-9]`,
+		`(?m)^ipipstack_service_accept_errors_total\{kind="socks5",service="proxy"\} [1-9]`,
+		`(?m)^ipipstack_status_accept_errors_total [1-9]`,
+	} {
+		if !regexp.MustCompile(re).MatchString(metrics) {
+			t.Errorf("/metrics has no line matching %s", re)
+		}
+	}
+	c.send("done")
+}
+
+func (c *childSide) addrsOf() []string {
+	return []string{c.d.StatusAddr().String(), svcStatus(c.t, c.d, KindForward, "web").Listen,
+		svcStatus(c.t, c.d, KindSOCKS5, "proxy").Listen}
 }

@@ -142,7 +142,7 @@ func (collector) Describe(chan<- *prometheus.Desc) {}
 
 // Collect implements prometheus.Collector.
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	for _, f := range c.d.collect() {
+	for _, f := range append(c.d.collect(), c.d.collectListeners()...) {
 		vt := prometheus.GaugeValue
 		if f.typ == counter {
 			vt = prometheus.CounterValue

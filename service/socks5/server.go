@@ -103,10 +103,12 @@ type Server struct {
 	// on the host (see the package doc: the tunnel has no DNS).
 	Resolve func(ctx context.Context, name string) ([]netip.Addr, error)
 	// Logger receives per-client failures at Debug and accept errors at
-	// Warn. Nil discards them.
+	// Warn (at most one every 10 s; see service.AcceptErrors). Nil
+	// discards them.
 	Logger *slog.Logger
 
-	stats counters
+	stats      counters
+	acceptErrs service.AcceptErrors
 
 	// initOnce sets up ctx, cancel, log and conns, on first use.
 	initOnce sync.Once
@@ -136,6 +138,7 @@ type Stats struct {
 	Accepted        uint64 // client connections accepted and served (Rejected not included)
 	Active          int64  // client connections open now
 	Rejected        uint64 // connections closed at once because MaxConns was reached
+	AcceptErrors    uint64 // failed accepts (out of file descriptors, most likely), retried with backoff
 	HandshakeErrors uint64 // bad version, truncated or malformed message, timeout, unsupported command or address type
 	AuthFailures    uint64 // no acceptable method offered, or wrong username/password
 	Connects        uint64 // CONNECTs that succeeded
@@ -159,6 +162,7 @@ func (s *Server) Stats() Stats {
 		Accepted:             c.accepted.Load(),
 		Active:               c.active.Load(),
 		Rejected:             c.rejected.Load(),
+		AcceptErrors:         s.acceptErrs.Count(),
 		HandshakeErrors:      c.handshakeErrors.Load(),
 		AuthFailures:         c.authFailures.Load(),
 		Connects:             c.connects.Load(),
@@ -325,10 +329,7 @@ func (s *Server) serve(ln net.Listener) error {
 			if errors.Is(err, net.ErrClosed) {
 				return err
 			}
-			if backoff = max(2*backoff, 5*time.Millisecond); backoff > time.Second {
-				backoff = time.Second
-			}
-			s.log.Warn("accept failed", "err", err, "retry_in", backoff)
+			backoff = s.acceptErrs.Failed(s.log, err, backoff)
 			select {
 			case <-time.After(backoff):
 			case <-s.ctx.Done():
