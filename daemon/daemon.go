@@ -254,8 +254,9 @@ func (d *Daemon) startStatus() error {
 	d.statusLn = ln
 	d.statusSrv = &http.Server{
 		Handler:           d.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       60 * time.Second,
+		ReadHeaderTimeout: statusReadHeaderTimeout,
+		IdleTimeout:       statusIdleTimeout,
+		MaxHeaderBytes:    statusMaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
 	}
 	d.statusDone = make(chan struct{})

@@ -2,12 +2,19 @@ package daemon
 
 import (
 	"net"
+	"time"
+
+	"golang.org/x/net/netutil"
 
 	"github.com/ipipstack/ipipstack/service"
 )
 
 // The daemon's own listener, the status server, must not let a flood of
-// connections take the process's file descriptors from the services, and
+// connections take the process's file descriptors from the services: it
+// serves at most statusMaxConns connections at once (more wait in the
+// kernel's accept queue, where they cost no descriptor), and net/http
+// closes one that sends no request header within statusReadHeaderTimeout
+// or idles for statusIdleTimeout. And
 // every listener must outlive a moment without descriptors (EMFILE,
 // ENFILE): the services retry their accepts with backoff themselves
 // (service.AcceptErrors), and the status listener is wrapped to do the
@@ -21,9 +28,21 @@ type StatusServerStatus struct {
 	AcceptErrors uint64 `json:"accept_errors"`
 }
 
-// statusListener wraps the status server's listener ln.
+// Limits of the status server.
+const (
+	// statusMaxConns caps its open connections: scrapers and `ipipstack
+	// status` need a few, and each costs a descriptor and buffers.
+	statusMaxConns          = 32
+	statusReadHeaderTimeout = 10 * time.Second
+	statusIdleTimeout       = 60 * time.Second
+	statusMaxHeaderBytes    = 16 << 10 // requests are a GET line and a few headers
+)
+
+// statusListener wraps the status server's listener ln: accept failures
+// are retried and counted, and connections capped at statusMaxConns.
 func (d *Daemon) statusListener(ln net.Listener) net.Listener {
-	return service.RetryListener(ln, &d.statusErrs, d.log.With("listener", "status"))
+	ln = service.RetryListener(ln, &d.statusErrs, d.log.With("listener", "status"))
+	return netutil.LimitListener(ln, statusMaxConns)
 }
 
 // statusServerStatus returns the status server's state, or nil if it is

@@ -371,3 +371,67 @@ func (c *childSide) addrsOf() []string {
 	return []string{c.d.StatusAddr().String(), svcStatus(c.t, c.d, KindForward, "web").Listen,
 		svcStatus(c.t, c.d, KindSOCKS5, "proxy").Listen}
 }
+
+// More idle connections to the status server than it serves at once do not
+// take the descriptors a forward needs to accept.
+func TestIdleStatusConnsDoNotStarveForward(t *testing.T) {
+	const held = 3 * statusMaxConns
+	if os.Getenv(fdChildEnv) == t.Name() {
+		c := startChildSide(t)
+		n, err := openFDs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Room for the status server's connections and a few more, but
+		// not for all the parent holds.
+		setFDLimit(t, uint64(n+statusMaxConns+16))
+		c.say("limited")
+		c.wait("held")
+		statusAddr := c.d.StatusAddr().String()
+		// The status server has taken all it takes: it ran out of
+		// descriptors, or it holds its cap.
+		waitFor(t, 20*time.Second, "the status server to take the connections", func() bool {
+			if strings.Contains(c.log.String(), " "+statusAddr+": accept4: too many open files") {
+				return true
+			}
+			m, err := openFDs()
+			return err == nil && m >= n+statusMaxConns
+		})
+		c.say("saturated")
+		c.wait("dialed")
+		var st ServiceStatus
+		waitFor(t, 20*time.Second, "the forward to accept or fail", func() bool {
+			st = svcStatus(t, c.d, KindForward, "web")
+			return st.Total > 0 || st.AcceptErrors > 0
+		})
+		c.say(fmt.Sprintf("forward %d %d", st.Total, st.AcceptErrors))
+		c.wait("done")
+		return
+	}
+
+	c := startFDChild(t)
+	c.expect("limited")
+	for i := range held {
+		nc, err := net.DialTimeout("tcp", c.addrs["status"], 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial status #%d: %v", i, err)
+		}
+		defer nc.Close()
+	}
+	c.send("held")
+	c.expect("saturated")
+	fc, err := net.DialTimeout("tcp", c.addrs["forward"], 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.Close()
+	c.send("dialed")
+	var total, acceptErrs uint64
+	if _, err := fmt.Sscanf(c.expect("forward "), "%d %d", &total, &acceptErrs); err != nil {
+		t.Fatal(err)
+	}
+	if total != 1 || acceptErrs != 0 {
+		t.Errorf("with %d idle status connections held, the forward accepted %d connections and failed %d accepts; want 1 and 0", held, total, acceptErrs)
+	}
+	c.send("done")
+}
