@@ -16,6 +16,9 @@ func (d *decoder) crossCheck(cfg *Config, src *sources) {
 	d.checkReverses(cfg, src)
 	d.checkListeners(cfg, src)
 	d.checkTUN(cfg, src)
+	if !d.diags.HasErrors() { // warnings are noise next to errors
+		d.checkExposed(cfg, src)
+	}
 }
 
 // addrOverlap reports whether two sockets bound to a and b (same port)

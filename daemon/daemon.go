@@ -46,6 +46,7 @@ import (
 	"github.com/ipipstack/ipipstack/config"
 	"github.com/ipipstack/ipipstack/endpoint/encap"
 	"github.com/ipipstack/ipipstack/internal/buildinfo"
+	"github.com/ipipstack/ipipstack/service"
 	"github.com/ipipstack/ipipstack/stack"
 )
 
@@ -95,6 +96,7 @@ type Daemon struct {
 	statusLn   net.Listener
 	statusSrv  *http.Server
 	statusDone chan struct{}
+	statusErrs service.AcceptErrors // the status listener's failed accepts
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
@@ -248,11 +250,13 @@ func (d *Daemon) startStatus() error {
 	if err != nil {
 		return fmt.Errorf("daemon: status server: %w", err)
 	}
+	ln = d.statusListener(ln)
 	d.statusLn = ln
 	d.statusSrv = &http.Server{
 		Handler:           d.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       60 * time.Second,
+		ReadHeaderTimeout: statusReadHeaderTimeout,
+		IdleTimeout:       statusIdleTimeout,
+		MaxHeaderBytes:    statusMaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
 	}
 	d.statusDone = make(chan struct{})

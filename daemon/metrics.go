@@ -5,12 +5,14 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // The /metrics endpoint is served by client_golang's promhttp from a
-// registry holding one collector, which reads the stack's and the services'
-// counters at scrape time: nothing is cached between scrapes.
+// registry holding the daemon's collector, which reads the stack's and the
+// services' counters at scrape time (nothing is cached between scrapes),
+// and the library's Go runtime and process collectors.
 
 // Metric types.
 const (
@@ -155,7 +157,7 @@ func (collector) Describe(chan<- *prometheus.Desc) {}
 
 // Collect implements prometheus.Collector.
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	for _, f := range c.d.collect() {
+	for _, f := range append(c.d.collect(), c.d.collectListeners()...) {
 		vt := prometheus.GaugeValue
 		if f.typ == counter {
 			vt = prometheus.CounterValue
@@ -180,9 +182,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// metricsHandler serves the daemon's metrics in the Prometheus formats.
+// metricsHandler serves the daemon's metrics in the Prometheus formats,
+// with the client library's standard Go runtime (go_goroutines, go_memstats_*,
+// ...) and process (process_open_fds, process_resident_memory_bytes, ...)
+// series next to the daemon's own.
 func (d *Daemon) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector{d})
+	reg.MustRegister(collectors.NewGoCollector())
+	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }

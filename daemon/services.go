@@ -88,6 +88,7 @@ func newServices(cfg *config.Config, st *stack.Stack, log *slog.Logger) []*svc {
 			stats: func(st *ServiceStatus) {
 				x := srv.Stats()
 				st.Active, st.Total, st.Rejected = x.Active, x.Accepted, x.Rejected
+				st.AcceptErrors = x.AcceptErrors
 				st.DialFailures = x.ConnectFailures
 				st.BytesToTarget = uint64(x.BytesToTarget) + x.UDPBytesToTarget
 				st.BytesFromTarget = uint64(x.BytesFromTarget) + x.UDPBytesFromTarget
@@ -145,6 +146,7 @@ func newForward(kind, name string, proto config.Protocol, listen, target string,
 			x := f.Stats()
 			st.Active, st.Total, st.Rejected, st.DialFailures = x.Active, x.Accepted, x.Rejected, x.DialFailures
 			st.BytesToTarget, st.BytesFromTarget = uint64(x.BytesToTarget), uint64(x.BytesFromTarget)
+			st.AcceptErrors = x.AcceptErrors
 			if idle > 0 {
 				st.Counters = map[string]uint64{"idle_closed": x.IdleClosed}
 			}

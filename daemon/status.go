@@ -34,6 +34,8 @@ type Status struct {
 	// Forwarding is what the stack did to packets it forwarded; nil unless
 	// it forwards (stack.forwarding, or a TUN device).
 	Forwarding *ForwardingStatus `json:"forwarding,omitempty"`
+	// StatusServer is the status server itself; nil if it is disabled.
+	StatusServer *StatusServerStatus `json:"status_server,omitempty"`
 }
 
 // ForwardingStatus is stack.ForwardStats: IPv4 packets the router cut to
@@ -114,6 +116,10 @@ type ServiceStatus struct {
 	DialFailures    uint64 `json:"dial_failures"`
 	BytesToTarget   uint64 `json:"bytes_to_target"`
 	BytesFromTarget uint64 `json:"bytes_from_target"`
+	// AcceptErrors counts failed accepts (out of file descriptors, most
+	// likely), which the service retries with backoff; always 0 for UDP
+	// forwards, which accept nothing.
+	AcceptErrors uint64 `json:"accept_errors"`
 	// Counters holds the kind's other counters (for SOCKS5:
 	// handshake_errors, auth_failures, connects, udp_associations, ...).
 	Counters map[string]uint64 `json:"counters,omitempty"`
@@ -205,6 +211,7 @@ func (d *Daemon) Status() Status {
 		d.mu.Unlock()
 		s.TUN = &ts
 	}
+	s.StatusServer = d.statusServerStatus()
 	return s
 }
 

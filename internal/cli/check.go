@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 
+	"github.com/hashicorp/hcl/v2"
 	"github.com/ipipstack/ipipstack/config"
 )
 
@@ -61,6 +63,36 @@ func loadConfig(file string, stderr io.Writer) (*config.Config, int) {
 		return nil, ExitUsage
 	}
 	return cfg, ExitOK
+}
+
+// loadConfigForRun is loadConfig for run: errors are printed on stderr as
+// text (there is no logger before the file is valid), and warnings are
+// returned, to be logged with logWarnings once the logger exists, so that
+// all of run's output is in its log format.
+func loadConfigForRun(file string, stderr io.Writer) (*config.Config, hcl.Diagnostics, int) {
+	var p config.Parser
+	cfg, diags := p.Load(file)
+	if diags.HasErrors() || cfg == nil {
+		p.WriteDiagnostics(stderr, diags, isTerminal(stderr))
+		fmt.Fprintf(stderr, "%s: invalid configuration (%s)\n", file, countErrors(diags))
+		return nil, nil, ExitUsage
+	}
+	return cfg, diags, ExitOK
+}
+
+// logWarnings logs each configuration warning at warn level with the
+// file:line:col of its subject.
+func logWarnings(log *slog.Logger, diags hcl.Diagnostics) {
+	for _, d := range diags {
+		if d.Severity != hcl.DiagWarning {
+			continue
+		}
+		args := []any{"detail", d.Detail}
+		if r := d.Subject; r != nil {
+			args = append([]any{"at", fmt.Sprintf("%s:%d:%d", r.Filename, r.Start.Line, r.Start.Column)}, args...)
+		}
+		log.Warn("configuration warning: "+d.Summary, args...)
+	}
 }
 
 func countErrors(diags interface{ Errs() []error }) string {

@@ -25,6 +25,9 @@ On the signal, every listener closes at once and open connections get up to
 --drain-timeout to finish; then the rest are closed, the stack is shut down
 and capture files are flushed. A second signal cuts the drain short.
 
+Configuration warnings (such as a listener other hosts can reach) are logged
+at warn level with their file:line:col.
+
 A TUN device that cannot be created (it needs CAP_NET_ADMIN, or root) is
 logged as an error and the other services keep running; it does not change
 the exit status. Logs go to stderr.
@@ -74,7 +77,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usageError(runCmd, stderr, "%v", err)
 	}
-	cfg, code := loadConfig(file, stderr)
+	cfg, warnings, code := loadConfigForRun(file, stderr)
 	if cfg == nil {
 		return code
 	}
@@ -85,6 +88,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		cfg.Log.Level = *level
 	}
 	log := newLogger(stderr, cfg.Log)
+	logWarnings(log, warnings)
 
 	// Signals: the first starts the shutdown, a second cuts the drain short.
 	sigs := make(chan os.Signal, 2)

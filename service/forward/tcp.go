@@ -73,12 +73,14 @@ type TCP struct {
 	// direction for this long. Zero means never.
 	IdleTimeout time.Duration
 	// Logger receives connection errors at Debug and accept errors at
-	// Warn. Nil discards them.
+	// Warn (at most one every 10 s; see service.AcceptErrors). Nil
+	// discards them.
 	Logger *slog.Logger
 
 	accepted, rejected, dialFailures, idleClosed atomic.Uint64
 	active                                       atomic.Int64
 	bytesToTarget, bytesFromTarget               atomic.Int64
+	acceptErrs                                   service.AcceptErrors
 
 	// ctx is cancelled by a forced close; it parents every dial.
 	ctx    context.Context
@@ -104,6 +106,9 @@ type TCPStats struct {
 	BytesToTarget   int64  // bytes copied from accepted connections to Target
 	BytesFromTarget int64  // bytes copied from Target back to accepted connections
 	IdleClosed      uint64 // connections closed after IdleTimeout without traffic
+	// AcceptErrors counts failed accepts (out of file descriptors, most
+	// likely); the forward retries them with backoff.
+	AcceptErrors uint64
 }
 
 // Start binds Listen on From and serves in background goroutines. A bind
@@ -165,6 +170,7 @@ func (f *TCP) Stats() TCPStats {
 		BytesToTarget:   f.bytesToTarget.Load(),
 		BytesFromTarget: f.bytesFromTarget.Load(),
 		IdleClosed:      f.idleClosed.Load(),
+		AcceptErrors:    f.acceptErrs.Count(),
 	}
 }
 
@@ -238,8 +244,7 @@ func (f *TCP) acceptLoop(ln net.Listener) {
 			if closing || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			backoff = nextBackoff(backoff)
-			f.log.Warn("accept failed", "err", err, "retry_in", backoff)
+			backoff = f.acceptErrs.Failed(f.log, err, backoff)
 			select {
 			case <-time.After(backoff):
 			case <-f.ctx.Done():

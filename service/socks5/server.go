@@ -135,13 +135,15 @@ type Server struct {
 	// on the host (see the package doc: the tunnel has no DNS).
 	Resolve func(ctx context.Context, name string) ([]netip.Addr, error)
 	// Logger receives per-client failures at Debug, and at Warn accept
-	// errors, authentication failures and refusals by MaxConnsPerClient or
-	// the authentication throttle; the Warn lines about clients are rate
+	// errors (at most one every 10 s; see service.AcceptErrors),
+	// authentication failures and refusals by MaxConnsPerClient or the
+	// authentication throttle; the Warn lines about clients are rate
 	// limited (service.LogLimiter) and say how many went unlogged. Nil
 	// discards them.
 	Logger *slog.Logger
 
-	stats counters
+	stats      counters
+	acceptErrs service.AcceptErrors
 
 	perClient service.PerAddr // connections held by each client IP
 	// Rate limits of the Warn lines about clients.
@@ -177,6 +179,7 @@ type Stats struct {
 	Accepted        uint64 // client connections accepted and served (Rejected not included)
 	Active          int64  // client connections open now
 	Rejected        uint64 // connections closed at once because MaxConns was reached
+	AcceptErrors    uint64 // failed accepts (out of file descriptors, most likely), retried with backoff
 	HandshakeErrors uint64 // bad version, truncated or malformed message, timeout, unsupported command or address type
 	AuthFailures    uint64 // no acceptable method offered, or wrong username/password
 	Connects        uint64 // CONNECTs that succeeded
@@ -207,6 +210,7 @@ func (s *Server) Stats() Stats {
 		RejectedPerClient:    c.rejectedPerClient.Load(),
 		AuthThrottled:        c.authThrottled.Load(),
 		UDPForeign:           c.udpForeign.Load(),
+		AcceptErrors:         s.acceptErrs.Count(),
 		HandshakeErrors:      c.handshakeErrors.Load(),
 		AuthFailures:         c.authFailures.Load(),
 		Connects:             c.connects.Load(),
@@ -376,10 +380,7 @@ func (s *Server) serve(ln net.Listener) error {
 			if errors.Is(err, net.ErrClosed) {
 				return err
 			}
-			if backoff = max(2*backoff, 5*time.Millisecond); backoff > time.Second {
-				backoff = time.Second
-			}
-			s.log.Warn("accept failed", "err", err, "retry_in", backoff)
+			backoff = s.acceptErrs.Failed(s.log, err, backoff)
 			select {
 			case <-time.After(backoff):
 			case <-s.ctx.Done():
