@@ -51,8 +51,9 @@ import (
 // or RST was seen, 30 seconds otherwise; UDP and other protocols after
 // 60 seconds; ICMP echo after 30 seconds. The table holds at most
 // Filter.MaxFlows flows; a new flow on a full table evicts an expired
-// one or the oldest of a few sampled, counted in FilterStats.Evicted, so
-// memory stays bounded under a flood of new flows.
+// one or the most idle of a few sampled (the one closest to expiring),
+// counted in FilterStats.Evicted, so memory and the cost per packet stay
+// bounded under a flood of new flows.
 //
 // Dropped packets count in the tunnel's Drops under encap.Filtered. The
 // first drop of each tunnel is logged at warn with the packet's
@@ -174,7 +175,9 @@ type FilterStats struct {
 	// Flows is the number of flows in the table now (expired ones
 	// included until they are swept).
 	Flows int
-	// Evicted counts the flows dropped from a full table to make room.
+	// Evicted counts the flows dropped from a full table to make room
+	// (and the records of passed first fragments dropped from theirs,
+	// maxFrags).
 	Evicted uint64
 	// Denied counts the packets dropped (also in Drops[encap.Filtered]).
 	Denied uint64
@@ -492,8 +495,6 @@ rules:
 // flowEntry is a flow's state.
 type flowEntry struct {
 	expires int64 // clock nanoseconds
-	// created is set on insertion, for eviction by age.
-	created int64
 	// fromTunnel says the flow was opened by a packet from the tunnel;
 	// both says packets went both ways since.
 	fromTunnel, both bool
@@ -627,7 +628,7 @@ func (tf *tunnelFilter) touch(k flowKey, in, insert bool, tcpFlags uint8) bool {
 			return false
 		}
 		tf.makeRoomLocked(sh, now)
-		e = flowEntry{created: now, fromTunnel: in}
+		e = flowEntry{fromTunnel: in}
 		tf.flows.Add(1)
 	} else if e.fromTunnel != in {
 		e.both = true
@@ -640,36 +641,34 @@ func (tf *tunnelFilter) touch(k flowKey, in, insert bool, tcpFlags uint8) bool {
 	return ok
 }
 
-// makeRoomLocked sweeps sh's expired flows now and then, and evicts one
-// flow if sh is full.
+// makeRoomLocked drops sh's expired flows once every sweepEvery, and
+// evicts one flow if sh is still full: of a few sampled (map iteration
+// starts at random), the first expired one, or else the one closest to
+// expiring, which is the most idle of them for its protocol.
 //
 // +checklocks:sh.mu
 func (tf *tunnelFilter) makeRoomLocked(sh *flowShard, now int64) {
-	if now-sh.lastSweep >= int64(sweepEvery) || len(sh.m) >= tf.perShard {
-		if now-sh.lastSweep >= int64(sweepEvery) {
-			sh.lastSweep = now
-			for k, e := range sh.m {
-				if e.expires <= now {
-					delete(sh.m, k)
-					tf.flows.Add(-1)
-				}
+	if now-sh.lastSweep >= int64(sweepEvery) {
+		sh.lastSweep = now
+		for k, e := range sh.m {
+			if e.expires <= now {
+				delete(sh.m, k)
+				tf.flows.Add(-1)
 			}
 		}
 	}
 	if len(sh.m) < tf.perShard {
 		return
 	}
-	// Sample a few flows (map iteration starts at random): evict the
-	// first expired one, or else the oldest sampled.
 	var victim flowKey
-	oldest, n := int64(0), 0
+	soonest, n := int64(0), 0
 	for k, e := range sh.m {
 		if e.expires <= now {
 			victim = k
 			break
 		}
-		if n == 0 || e.created < oldest {
-			victim, oldest = k, e.created
+		if n == 0 || e.expires < soonest {
+			victim, soonest = k, e.expires
 		}
 		if n++; n == evictSample {
 			break
@@ -689,17 +688,28 @@ func (tf *tunnelFilter) fragPassed(k fragKey) bool {
 	return ok && exp > now
 }
 
-// notePassedFragment remembers that the first fragment of k passed.
+// notePassedFragment remembers that the first fragment of k passed. On
+// a full table it drops the expired records among a few sampled, or one
+// record if none was (counted in FilterStats.Evicted).
 func (tf *tunnelFilter) notePassedFragment(k fragKey) {
 	now := tf.now()
 	tf.fragMu.Lock()
 	defer tf.fragMu.Unlock()
 	if _, ok := tf.frags[k]; !ok && len(tf.frags) >= maxFrags {
+		n, freed := 0, false
 		for fk, exp := range tf.frags {
-			if exp <= now || len(tf.frags) >= maxFrags {
+			if exp <= now {
 				delete(tf.frags, fk)
+				freed = true
 			}
-			if len(tf.frags) < maxFrags/2 {
+			if n++; n == 4*evictSample {
+				break
+			}
+		}
+		if !freed {
+			for fk := range tf.frags {
+				delete(tf.frags, fk)
+				tf.evicted.Add(1)
 				break
 			}
 		}

@@ -294,11 +294,17 @@ func TestFilterICMPErrorAndFragments(t *testing.T) {
 }
 
 // TestFilterTableBound: a flood of new flows keeps the table at MaxFlows
-// and counts every eviction; a recent flow survives a flood smaller than
-// the sample-based eviction's reach of old ones.
+// and counts every eviction, and an established TCP connection, whose
+// flow lives longest, is never the one evicted.
 func TestFilterTableBound(t *testing.T) {
 	for _, max := range []int{8, 2048} {
 		tf, clk := newTestFilter(t, Filter{MaxFlows: max, Default: FilterAllow})
+		tf.outbound(pkt4(us4, tun4, protoTCP, 1, 0, l4(protoTCP, 40000, 22, tcpSYN)))
+		established := pkt4(tun4, us4, protoTCP, 1, 0, l4(protoTCP, 22, 40000, tcpSYN|tcpACK))
+		if !tf.inbound(established) {
+			t.Fatal("SYN-ACK dropped")
+		}
+		tcpFlow := key(tun4, us4, protoTCP, 22, 40000)
 		const n = 5000
 		for i := range n {
 			clk.advance(time.Millisecond)
@@ -307,12 +313,15 @@ func TestFilterTableBound(t *testing.T) {
 				t.Fatalf("max %d: packet %d dropped by default allow", max, i)
 			}
 		}
+		if !tf.lookup(tcpFlow) {
+			t.Errorf("max %d: the established TCP flow was evicted by the flood", max)
+		}
 		st := tf.stats()
 		if st.Flows > max {
 			t.Errorf("max %d: %d flows in the table", max, st.Flows)
 		}
-		if want := uint64(n - st.Flows); st.Evicted != want {
-			t.Errorf("max %d: evicted %d, want %d (%d flows left of %d)", max, st.Evicted, want, st.Flows, n)
+		if want := uint64(n + 1 - st.Flows); st.Evicted != want {
+			t.Errorf("max %d: evicted %d, want %d (%d flows left of %d)", max, st.Evicted, want, st.Flows, n+1)
 		}
 		total := 0
 		for i := range tf.shards {

@@ -3,6 +3,7 @@ package stack_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -61,43 +62,45 @@ func isTimeout(err error) bool {
 // Without a filter it is answered; a filter that does not allow it drops
 // the SYN, and a rule that allows it lets the connection through.
 func TestFilterReverseForwardOfOtherTunnel(t *testing.T) {
-	other := linkAddr(1, 0, false).Addr() // the hub's address on "right"
-	listen := netip.AddrPortFrom(other, 8080).String()
-	t.Run("no filter", func(t *testing.T) {
-		c := filteredHub(t, nil)
-		transfer(t, c.s[0], c.s[1], listen, 64<<10)
-	})
-	t.Run("denied", func(t *testing.T) {
-		c := filteredHub(t, &stack.Filter{Default: stack.FilterDeny, Rules: []stack.FilterRule{
-			{Action: stack.FilterAllow, Protocol: stack.FilterICMP},
-		}})
-		ln, err := c.s[1].Listen("tcp", listen)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		before := filtered(t, c)
-		dialRefused(t, c.s[0], listen)
-		if got := filtered(t, c); got <= before {
-			t.Fatalf("filtered drops %d -> %d: want the SYN counted", before, got)
-		}
-		if st := tunnelStats(t, c.s[1], "left"); st.Filter.Flows != 0 {
-			t.Errorf("flows = %d after a denied SYN, want 0", st.Filter.Flows)
-		}
-	})
-	t.Run("allowed", func(t *testing.T) {
-		c := filteredHub(t, &stack.Filter{Default: stack.FilterDeny, Rules: []stack.FilterRule{
-			{Action: stack.FilterAllow, Protocol: stack.FilterTCP,
-				Destinations: []netip.Prefix{netip.PrefixFrom(other, 32)}, Ports: []stack.PortRange{{8080, 8080}}},
-		}})
-		transfer(t, c.s[0], c.s[1], listen, 1<<20)
-		if n := filtered(t, c); n != 0 {
-			t.Errorf("filtered drops = %d, want 0", n)
-		}
-		if st := tunnelStats(t, c.s[1], "left"); st.Filter.Flows != 1 {
-			t.Errorf("flows = %d, want 1 (the connection)", st.Filter.Flows)
-		}
-	})
+	for _, v6 := range []bool{false, true} {
+		other := linkAddr(1, 0, v6).Addr() // the hub's address on "right"
+		listen := netip.AddrPortFrom(other, 8080).String()
+		t.Run(fmt.Sprintf("v6=%v/no filter", v6), func(t *testing.T) {
+			c := filteredHub(t, nil)
+			transfer(t, c.s[0], c.s[1], listen, 64<<10)
+		})
+		t.Run(fmt.Sprintf("v6=%v/denied", v6), func(t *testing.T) {
+			c := filteredHub(t, &stack.Filter{Default: stack.FilterDeny, Rules: []stack.FilterRule{
+				{Action: stack.FilterAllow, Protocol: stack.FilterICMP},
+			}})
+			ln, err := c.s[1].Listen("tcp", listen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			before := filtered(t, c)
+			dialRefused(t, c.s[0], listen)
+			if got := filtered(t, c); got <= before {
+				t.Fatalf("filtered drops %d -> %d: want the SYN counted", before, got)
+			}
+			if st := tunnelStats(t, c.s[1], "left"); st.Filter.Flows != 0 {
+				t.Errorf("flows = %d after a denied SYN, want 0", st.Filter.Flows)
+			}
+		})
+		t.Run(fmt.Sprintf("v6=%v/allowed", v6), func(t *testing.T) {
+			c := filteredHub(t, &stack.Filter{Default: stack.FilterDeny, Rules: []stack.FilterRule{
+				{Action: stack.FilterAllow, Protocol: stack.FilterTCP,
+					Destinations: []netip.Prefix{netip.PrefixFrom(other, other.BitLen())}, Ports: []stack.PortRange{{8080, 8080}}},
+			}})
+			transfer(t, c.s[0], c.s[1], listen, 1<<20)
+			if n := filtered(t, c); n != 0 {
+				t.Errorf("filtered drops = %d, want 0", n)
+			}
+			if st := tunnelStats(t, c.s[1], "left"); st.Filter.Flows != 1 {
+				t.Errorf("flows = %d, want 1 (the connection)", st.Filter.Flows)
+			}
+		})
+	}
 }
 
 // TestFilterAllowByPort: with a rule for one port range and default
