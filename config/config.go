@@ -291,6 +291,10 @@ type Tunnel struct {
 	// Impair degrades the tunnel's outgoing datagrams on purpose, for tests
 	// and demos. nil (no impair block, the default) sends them unimpaired.
 	Impair *Impair
+	// Filter filters the inner packets arriving from the tunnel (see
+	// filter.go). nil (no filter block, the default) lets every packet
+	// in, as before filters existed.
+	Filter *Filter
 }
 
 // Impair is a tunnel's impair block: loss, reordering, duplication,

@@ -43,7 +43,7 @@ var (
 	tunnelSchema = &hcl.BodySchema{Attributes: attrs(
 		"transport", "!local", "!remote", "!addresses", "routes", "default_route",
 		"allowed_sources", "mtu", "path_mtu", "ttl", "tos", "df", "encap_limit", "roaming", "any_source_port", "capture"),
-		Blocks: []hcl.BlockHeaderSchema{{Type: "impair"}}}
+		Blocks: []hcl.BlockHeaderSchema{{Type: "impair"}, {Type: "filter"}}}
 	impairSchema = &hcl.BodySchema{Attributes: attrs(
 		"loss", "reorder", "duplicate", "corrupt", "delay", "jitter", "rate", "seed")}
 	forwardSchema = &hcl.BodySchema{Attributes: attrs(
@@ -434,6 +434,10 @@ func (d *decoder) decodeTunnel(b *hcl.Block) (Tunnel, tunnelSrc) {
 	}
 
 	for _, ib := range body.Blocks {
+		if ib.Type == "filter" {
+			d.tunnelFilter(&t, ib) // filter.go
+			continue
+		}
 		if t.Impair != nil {
 			d.errorf(ib.DefRange, nil, "Duplicate impair block",
 				"Only one impair block is allowed in a tunnel; merge it with the first.")

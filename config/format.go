@@ -97,6 +97,9 @@ func (c *Config) HCL() []byte {
 			}
 			ib.SetAttributeValue("seed", cty.NumberUIntVal(im.Seed))
 		}
+		if t.Filter != nil {
+			writeFilter(b, t.Filter) // filter.go
+		}
 	}
 	for _, fw := range c.Forwards {
 		root.AppendNewline()

@@ -92,7 +92,43 @@ func stackTunnel(t *config.Tunnel) (stack.Tunnel, error) {
 		Policy:         pol,
 		Roaming:        t.Roaming,
 		AnySourcePort:  t.AnySourcePort,
+		Filter:         stackFilter(t.Filter),
 	}, nil
+}
+
+// stackFilter maps a tunnel's filter block onto stack.Filter; nil (no
+// block) stays nil, which lets everything in. config validated every
+// value; stack.New checks them again.
+func stackFilter(f *config.Filter) *stack.Filter {
+	if f == nil {
+		return nil
+	}
+	sf := &stack.Filter{Default: filterAction(f.Default), MaxFlows: f.MaxFlows}
+	for _, r := range f.Rules {
+		sr := stack.FilterRule{Action: filterAction(r.Action), Destinations: clonePrefixes(r.Destinations)}
+		switch r.Protocol {
+		case config.FilterTCP:
+			sr.Protocol = stack.FilterTCP
+		case config.FilterUDP:
+			sr.Protocol = stack.FilterUDP
+		case config.FilterICMP:
+			sr.Protocol = stack.FilterICMP
+		default:
+			sr.Protocol = stack.FilterAny
+		}
+		for _, p := range r.Ports {
+			sr.Ports = append(sr.Ports, stack.PortRange{First: p.First, Last: p.Last})
+		}
+		sf.Rules = append(sf.Rules, sr)
+	}
+	return sf
+}
+
+func filterAction(a config.FilterAction) stack.FilterAction {
+	if a == config.FilterAllow {
+		return stack.FilterAllow
+	}
+	return stack.FilterDeny
 }
 
 // policy maps a tunnel's ttl, tos, df and encap_limit onto encap.Policy.

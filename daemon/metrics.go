@@ -64,6 +64,8 @@ func (d *Daemon) collect() []*family {
 	pmtuCut := fam("ipipstack_tunnel_path_mtu_cut_packets_total", counter, "IPv6 packets the stack sent that were cut to fit a learned path MTU.")
 	outerPMTU := fam("ipipstack_tunnel_outer_path_mtu_bytes", gauge, "Outer path MTU learned from the kernel that holds the tunnel MTU down; 0 if none.")
 	outerExpiry := fam("ipipstack_tunnel_outer_path_mtu_expiry_timestamp_seconds", gauge, "Unix time the learned outer path MTU expires and the tunnel MTU goes back up; 0 if none is learned.")
+	filterFlows := fam("ipipstack_tunnel_filter_flows", gauge, "Flows in the flow table of the tunnel's filter (tunnels with a filter block only).")
+	filterEvicted := fam("ipipstack_tunnel_filter_evicted_total", counter, "Flows dropped from the tunnel filter's full flow table to make room (max_flows).")
 	outerFrag := fam("ipipstack_tunnel_outer_fragmentation", gauge, "1 while the outer path is narrower than IPv6's minimum MTU and outer packets above it leave without DF.")
 	for _, t := range st.Tunnels {
 		info.add("1", "tunnel", t.Name, "transport", t.Transport, "local", t.Local, "remote", t.Remote, "peer", t.Peer)
@@ -90,6 +92,10 @@ func (d *Daemon) collect() []*family {
 		}
 		outerExpiry.add(exp, "tunnel", t.Name)
 		outerFrag.add(boolValue(t.OuterFragmentation), "tunnel", t.Name)
+		if f := t.Filter; f != nil {
+			filterFlows.add(i64(int64(f.Flows)), "tunnel", t.Name)
+			filterEvicted.add(u64(f.Evicted), "tunnel", t.Name)
+		}
 	}
 
 	active := fam("ipipstack_service_active_connections", gauge, "Connections (UDP: sessions) open now.")
@@ -119,6 +125,9 @@ func (d *Daemon) collect() []*family {
 
 	out := []*family{build, start, draining, info, mtu, rxp, rxb, txp, txb, drops, seen,
 		coalesced, pmtuLearned, pmtuCut, outerPMTU, outerExpiry, outerFrag, active, total, rejected, dialFail, bytes, reasm, limits}
+	if len(filterFlows.samples) > 0 { // only tunnels with a filter block have them
+		out = append(out, filterFlows, filterEvicted)
+	}
 	if f := st.Forwarding; f != nil {
 		refrag := fam("ipipstack_forward_refragmented_total", counter, "IPv4 packets the router cut to fit the link they left by.")
 		refrag.add(u64(f.Refragmented))

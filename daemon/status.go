@@ -87,6 +87,17 @@ type TunnelStatus struct {
 	DropsTotal uint64            `json:"drops_total"`
 	// LastSeen is when the last outer datagram arrived; nil if none has.
 	LastSeen *time.Time `json:"last_seen,omitempty"`
+	// Filter is the state of the tunnel's filter; nil without a filter
+	// block. Its drops are under Drops["filtered"].
+	Filter *FilterStatus `json:"filter,omitempty"`
+}
+
+// FilterStatus is the flow table of a tunnel's filter.
+type FilterStatus struct {
+	// Flows is the number of flows in the table now; Evicted counts the
+	// flows dropped from a full table (max_flows) to make room.
+	Flows   int    `json:"flows"`
+	Evicted uint64 `json:"evicted"`
 }
 
 // QueueFull is the drop reason of the packets that the queue in front of a
@@ -173,6 +184,9 @@ func (d *Daemon) Status() Status {
 			t.Remote = ct.Remote.String()
 			for _, a := range ct.Addresses {
 				t.Addresses = append(t.Addresses, a.String())
+			}
+			if ct.Filter != nil {
+				t.Filter = &FilterStatus{Flows: ts.Filter.Flows, Evicted: ts.Filter.Evicted}
 			}
 		}
 		for r := 1; r < encap.NumReasons; r++ { // 0 is encap.OK

@@ -29,6 +29,40 @@ tunnel "peer1" {
   routes    = ["10.101.0.0/16"] # peer1's LAN
   # allowed_sources defaults to 10.99.1.0/30 and 10.101.0.0/16.
   capture = "peer1.pcap" # inner packets, for wireshark
+
+  # What peer1 may reach through the hub. Without a filter block, with
+  # forwarding on, a peer reaches every routed network and every address
+  # and service of the hub (the ssh reverse below, bound to peer1's side,
+  # would answer peer2 and peer3 too). Rules are tried in order, the first
+  # match wins, then the default; replies to flows that left through this
+  # tunnel always pass (the filter is stateful). Drops count as "filtered"
+  # in the tunnel's drops (status and metrics).
+  filter {
+    default = "deny"
+    rule {
+      action       = "allow"
+      protocol     = "tcp"
+      destinations = ["10.99.1.1/32"] # the hub's ssh reverse forward
+      ports        = ["22"]
+    }
+    rule {
+      action       = "allow"
+      protocol     = "tcp"
+      destinations = ["10.102.0.0/16", "fd02::/48"] # peer2's LAN: web and an app range
+      ports        = ["80", "443", "8000-8099"]
+    }
+    rule {
+      action   = "allow"
+      protocol = "icmp" # ping and ICMP errors everywhere
+    }
+    rule {
+      action       = "deny"
+      destinations = ["10.0.0.0/8", "fd00::/8"] # nothing else inside
+    }
+    rule {
+      action = "allow" # the internet through peer3
+    }
+  }
 }
 
 # peer2: real IP-in-IP over IPv6 (next header 4/41, like Linux ip6tnl); needs
@@ -60,6 +94,13 @@ tunnel "peer3" {
   default_route   = true          # 0.0.0.0/0 and ::/0
   allowed_sources = ["0.0.0.0/0"] # replies from anywhere on the internet
   path_mtu        = 1420          # the upstream path is itself a tunnel
+
+  # The internet may only answer: flows the peers open through peer3 get
+  # their replies, unsolicited packets are dropped.
+  filter {
+    default   = "deny"
+    max_flows = 262144 # a busy upstream: about 25 MiB of flow table at most
+  }
 }
 
 # SSH into the hub from any peer.

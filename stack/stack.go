@@ -133,6 +133,10 @@ type Tunnel struct {
 	// Wrap, if set, wraps the transport the stack opens (or Conn): an
 	// impairment for trying programs over a bad link, say.
 	Wrap func(endpoint.Transport) endpoint.Transport
+	// Filter, if set, filters the packets arriving from the tunnel, both
+	// forwarded and addressed to the stack, statefully (see filter.go and
+	// Filter); nil (the default) lets every packet in. New reads it once.
+	Filter *Filter
 	// Conn, if set, is used instead of opening a socket from Transport and
 	// Local: an in-memory or impaired transport for tests and benchmarks.
 	// The stack owns it from New on.
@@ -256,6 +260,7 @@ type tunnel struct {
 	name   string
 	nic    tcpip.NICID
 	ep     *endpoint.Endpoint
+	filter *tunnelFilter // nil without Tunnel.Filter
 	addrs  []netip.Prefix
 	routes []netip.Prefix
 }
@@ -462,6 +467,16 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 		}
 		link = sn
 	}
+	var filter *tunnelFilter
+	if t.Filter != nil {
+		if filter, err = newTunnelFilter(t.Filter, t.Name, s.log); err != nil {
+			ep.Close()
+			return fmt.Errorf("stack: tunnel %q: filter: %w", t.Name, err)
+		}
+		// Outside the capture, which sees what the peer sent; inside
+		// the forwarding workarounds, which then see only what passed.
+		link = wrapFilter(link, filter) // filter.go
+	}
 	link = s.wrapForwarding(link) // forward.go
 	// One FIFO queue per NIC batches packets from many writers into one
 	// WritePackets call; when it is full, packets are dropped (counted in
@@ -471,7 +486,7 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 		ep.Close()
 		return fmt.Errorf("stack: tunnel %q: create NIC: %s", t.Name, terr)
 	}
-	tun := &tunnel{name: t.Name, nic: nic, ep: ep, addrs: t.Addresses, routes: t.Routes}
+	tun := &tunnel{name: t.Name, nic: nic, ep: ep, filter: filter, addrs: t.Addresses, routes: t.Routes}
 	s.mu.Lock()
 	s.tunnels = append(s.tunnels, tun)
 	s.mu.Unlock()
@@ -569,6 +584,9 @@ type TunnelStats struct {
 	// TxPacketsDroppedNoBufferSpace of the tunnel's NIC. They never
 	// reached the endpoint, so Drops does not count them.
 	QueueDrops uint64
+	// Filter counts what the tunnel's filter did; its Denied is also in
+	// Drops[encap.Filtered]. Zero without a filter.
+	Filter FilterStats
 }
 
 // Stats returns the counters of every tunnel, in configuration order.
@@ -579,6 +597,8 @@ func (s *Stack) Stats() []TunnelStats {
 	out := make([]TunnelStats, 0, len(s.tunnels))
 	for _, t := range s.tunnels {
 		ts := TunnelStats{Name: t.name, MTU: t.ep.MTU(), Local: t.ep.LocalAddr(), Stats: t.ep.Stats()}
+		ts.Filter = t.filter.stats()
+		ts.Drops[encap.Filtered] += ts.Filter.Denied
 		if info, ok := nics[t.nic]; ok {
 			ts.QueueDrops = info.Stats.TxPacketsDroppedNoBufferSpace.Value()
 		}

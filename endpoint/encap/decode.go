@@ -52,6 +52,10 @@ const (
 	// endpoint verifies every inner packet that nothing else verified;
 	// see the endpoint package doc).
 	BadChecksum
+	// Filtered: the tunnel's filter (stack.Filter) dropped the inner
+	// packet. The endpoint never counts it itself: stack.Stack.Stats
+	// adds the filter's count.
+	Filtered
 	numReasons
 )
 
@@ -76,6 +80,7 @@ var reasonNames = [...]string{
 	SendError:        "send_error",
 	Closed:           "closed",
 	BadChecksum:      "bad_checksum",
+	Filtered:         "filtered",
 }
 
 func (r Reason) String() string {
