@@ -16,7 +16,9 @@
 //
 // Each tunnel is one NIC, point to point like Linux ipip with remote set:
 // its inner addresses' prefixes, its extra routes and an optional default
-// route point at it, and the longest prefix wins. Addresses given to Dial,
+// route point at it, and the longest prefix wins. Tunnels can be added and
+// removed while the stack runs (Stack.AddTunnel, Stack.RemoveTunnel).
+// Addresses given to Dial,
 // Listen and ListenPacket are IP literals: the stack has no resolver.
 package stack
 
@@ -244,6 +246,10 @@ type Stack struct {
 	linkNICs map[string]tcpip.NICID
 	linkEPs  map[string]gvstack.LinkEndpoint
 
+	// tunnelChange serializes AddTunnel and RemoveTunnel (tunnels.go),
+	// which take mu and routeMu themselves.
+	tunnelChange sync.Mutex
+
 	// routeMu guards the route table (route.go). It is not held with mu.
 	routeMu sync.Mutex
 	// routes is every route of the stack, in the order added.
@@ -258,6 +264,9 @@ type tunnel struct {
 	ep     *endpoint.Endpoint
 	addrs  []netip.Prefix
 	routes []netip.Prefix
+	// link is the NIC's link endpoint as gVisor has it (ep wrapped for
+	// capture and forwarding), for RemoveTunnel.
+	link gvstack.LinkEndpoint
 }
 
 // New builds a stack with one NIC per tunnel and starts it. On error
@@ -471,7 +480,7 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 		ep.Close()
 		return fmt.Errorf("stack: tunnel %q: create NIC: %s", t.Name, terr)
 	}
-	tun := &tunnel{name: t.Name, nic: nic, ep: ep, addrs: t.Addresses, routes: t.Routes}
+	tun := &tunnel{name: t.Name, nic: nic, ep: ep, addrs: t.Addresses, routes: t.Routes, link: link}
 	s.mu.Lock()
 	s.tunnels = append(s.tunnels, tun)
 	s.mu.Unlock()
