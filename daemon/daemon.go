@@ -98,6 +98,8 @@ type Daemon struct {
 	statusDone chan struct{}
 	statusErrs service.AcceptErrors // the status listener's failed accepts
 
+	peers peers // keepalive.go
+
 	draining     atomic.Bool
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -172,6 +174,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		log.Info("tunnel ready", "tunnel", ts.Name, "transport", t.Transport.String(),
 			"local", ts.Local.String(), "remote", t.Remote.String(), "addresses", fmt.Sprint(t.Addresses),
 			"routes", fmt.Sprint(t.RoutePrefixes()), "mtu", ts.MTU, "capture", t.Capture, "roaming", t.Roaming)
+		d.watchPeer(t)
 	}
 
 	for _, s := range newServices(cfg, d.st, log) {
@@ -266,7 +269,7 @@ func (d *Daemon) startStatus() error {
 			d.log.Error("status server stopped", "err", err)
 		}
 	}()
-	d.log.Info("status server listening", "listen", ln.Addr().String(), "endpoints", "/status /metrics")
+	d.log.Info("status server listening", "listen", ln.Addr().String(), "endpoints", "/status /metrics /healthz /readyz")
 	return nil
 }
 
@@ -282,13 +285,16 @@ func (d *Daemon) StatusAddr() net.Addr {
 // Stack returns the daemon's stack.
 func (d *Daemon) Stack() *stack.Stack { return d.st }
 
-// Handler returns the status server's handler (/status and /metrics), for
+// Handler returns the status server's handler (/status, /metrics, /healthz
+// and /readyz), for
 // tests and for embedding it elsewhere.
 func (d *Daemon) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/status", d.serveStatus)
 	metrics := d.metricsHandler()
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) { d.serveMetrics(w, r, metrics) })
+	mux.HandleFunc("/healthz", serveHealthz)
+	mux.HandleFunc("/readyz", d.serveReadyz)
 	mux.HandleFunc("/", serveIndex)
 	return mux
 }
@@ -362,6 +368,7 @@ func (d *Daemon) closeAll(ctx context.Context) error {
 		<-d.statusDone
 	}
 
+	d.stopPeers()
 	if d.st != nil {
 		if err := d.st.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("daemon: %w", err))

@@ -119,6 +119,7 @@ func (d *Daemon) collect() []*family {
 
 	out := []*family{build, start, draining, info, mtu, rxp, rxb, txp, txb, drops, seen,
 		coalesced, pmtuLearned, pmtuCut, outerPMTU, outerExpiry, outerFrag, active, total, rejected, dialFail, bytes, reasm, limits}
+	out = append(out, collectPeers(&st)...) // keepalive.go
 	if f := st.Forwarding; f != nil {
 		refrag := fam("ipipstack_forward_refragmented_total", counter, "IPv4 packets the router cut to fit the link they left by.")
 		refrag.add(u64(f.Refragmented))

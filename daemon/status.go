@@ -36,6 +36,10 @@ type Status struct {
 	Forwarding *ForwardingStatus `json:"forwarding,omitempty"`
 	// StatusServer is the status server itself; nil if it is disabled.
 	StatusServer *StatusServerStatus `json:"status_server,omitempty"`
+	// Ready is what /readyz answers: every tunnel with a keepalive has a
+	// live peer and every listener is open. NotReady says why not.
+	Ready    bool     `json:"ready"`
+	NotReady []string `json:"not_ready,omitempty"`
 }
 
 // ForwardingStatus is stack.ForwardStats: IPv4 packets the router cut to
@@ -87,6 +91,8 @@ type TunnelStatus struct {
 	DropsTotal uint64            `json:"drops_total"`
 	// LastSeen is when the last outer datagram arrived; nil if none has.
 	LastSeen *time.Time `json:"last_seen,omitempty"`
+	// PeerState is the watched state of the peer (keepalive.go).
+	PeerState *PeerStatus `json:"peer_state,omitempty"`
 }
 
 // QueueFull is the drop reason of the packets that the queue in front of a
@@ -185,6 +191,7 @@ func (d *Daemon) Status() Status {
 			ls := ts.LastSeen
 			t.LastSeen = &ls
 		}
+		t.PeerState = d.peerStatus(ts.Name)
 		s.Tunnels = append(s.Tunnels, t)
 	}
 	for _, sv := range d.services {
@@ -212,6 +219,8 @@ func (d *Daemon) Status() Status {
 		s.TUN = &ts
 	}
 	s.StatusServer = d.statusServerStatus()
+	s.NotReady = notReady(&s)
+	s.Ready = len(s.NotReady) == 0
 	return s
 }
 
@@ -243,7 +252,7 @@ func serveIndex(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Write([]byte("ipipstack status server\n\n/status   JSON state and counters\n/metrics  Prometheus metrics\n"))
+	w.Write([]byte("ipipstack status server\n\n/status   JSON state and counters\n/metrics  Prometheus metrics\n/healthz  200 while the process serves\n/readyz   200 when every keepalive peer is up, 503 and why otherwise\n"))
 }
 
 func allowRead(w http.ResponseWriter, r *http.Request) bool {

@@ -278,7 +278,7 @@ func TestStatusFetch(t *testing.T) {
 			http.NotFound(w, r)
 			return
 		}
-		json.NewEncoder(w).Encode(daemon.Status{Tunnels: []daemon.TunnelStatus{{Name: "fetched"}}})
+		json.NewEncoder(w).Encode(daemon.Status{Ready: true, Tunnels: []daemon.TunnelStatus{{Name: "fetched"}}})
 	}))
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
