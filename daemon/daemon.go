@@ -68,6 +68,10 @@ type Options struct {
 	// StartTUN creates the TUN device of a config with a tun block. Nil
 	// means the built-in one.
 	StartTUN TUNStarter
+	// Reload, if set, is what POST /reload on the status server runs:
+	// re-read the configuration file and apply it with Daemon.Reload (see
+	// reload.go). Nil answers 501.
+	Reload ReloadFunc
 }
 
 func (o *Options) drainTimeout() time.Duration {
@@ -99,6 +103,9 @@ type Daemon struct {
 	statusErrs service.AcceptErrors // the status listener's failed accepts
 
 	peers peers // keepalive.go
+	// reloadMu serializes Reload (reload.go), which replaces cfg and
+	// services under mu.
+	reloadMu sync.Mutex
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
@@ -295,6 +302,7 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) { d.serveMetrics(w, r, metrics) })
 	mux.HandleFunc("/healthz", serveHealthz)
 	mux.HandleFunc("/readyz", d.serveReadyz)
+	mux.HandleFunc("/reload", d.serveReload)
 	mux.HandleFunc("/", serveIndex)
 	return mux
 }
@@ -312,13 +320,17 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 // after a failed Start.
 func (d *Daemon) closeAll(ctx context.Context) error {
 	d.draining.Store(true)
+	// A reload in progress finishes first, and none starts after.
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	services := d.serviceList()
 	var errs []error
 	begin := time.Now()
 	var active int64
-	for _, s := range d.services {
+	for _, s := range services {
 		active += s.status().Active
 	}
-	if len(d.services) > 0 {
+	if len(services) > 0 {
 		d.log.Info("stopped accepting; draining connections", "active", active)
 	}
 	var (
@@ -326,7 +338,7 @@ func (d *Daemon) closeAll(ctx context.Context) error {
 		mu  sync.Mutex
 		cut []string
 	)
-	for _, s := range d.services {
+	for _, s := range services {
 		wg.Go(func() {
 			err := s.srv.Shutdown(ctx)
 			if err == nil {
@@ -344,7 +356,7 @@ func (d *Daemon) closeAll(ctx context.Context) error {
 	wg.Wait()
 	if len(cut) > 0 {
 		d.log.Warn("drain timed out; closed the remaining connections", "services", cut, "after", time.Since(begin).Round(time.Millisecond))
-	} else if len(d.services) > 0 {
+	} else if len(services) > 0 {
 		d.log.Info("services stopped", "after", time.Since(begin).Round(time.Millisecond))
 	}
 
@@ -397,9 +409,10 @@ func (d *Daemon) closeAll(ctx context.Context) error {
 
 // tunnelConfig returns the tunnel block named name, or nil.
 func (d *Daemon) tunnelConfig(name string) *config.Tunnel {
-	for i := range d.cfg.Tunnels {
-		if d.cfg.Tunnels[i].Name == name {
-			return &d.cfg.Tunnels[i]
+	cfg := d.config() // reload.go
+	for i := range cfg.Tunnels {
+		if cfg.Tunnels[i].Name == name {
+			return &cfg.Tunnels[i]
 		}
 	}
 	return nil

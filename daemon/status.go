@@ -194,7 +194,7 @@ func (d *Daemon) Status() Status {
 		t.PeerState = d.peerStatus(ts.Name)
 		s.Tunnels = append(s.Tunnels, t)
 	}
-	for _, sv := range d.services {
+	for _, sv := range d.serviceList() { // reload.go
 		s.Services = append(s.Services, sv.status())
 	}
 	s.ReassemblyLimitsApplied = d.st.ReassemblyLimitsApplied()
@@ -207,12 +207,12 @@ func (d *Daemon) Status() Status {
 			s.ReassemblyBytes["ipv6"] = v6
 		}
 	}
-	if d.cfg.Stack.Forwarding || d.cfg.TUN != nil {
+	if cfg := d.config(); cfg.Stack.Forwarding || cfg.TUN != nil {
 		f := d.st.ForwardStats()
 		s.Forwarding = &ForwardingStatus{Refragmented: f.Refragmented, Fragments: f.Fragments,
 			TTLExpired: f.TTLExpired, IncompleteDatagrams: f.IncompleteDatagrams, OffsetOverflow: f.OffsetOverflow}
 	}
-	if d.cfg.TUN != nil {
+	if d.config().TUN != nil {
 		d.mu.Lock()
 		ts := d.tunStatus
 		d.mu.Unlock()

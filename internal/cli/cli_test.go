@@ -101,6 +101,7 @@ func TestHelpListsFlags(t *testing.T) {
 		"run":     {"-c", "--config", "--log-format", "--log-level", "--drain-timeout"},
 		"check":   {"-c", "--config"},
 		"status":  {"-c", "--config", "--addr", "--json", "--timeout"},
+		"reload":  {"-c", "--config", "--pid", "--timeout"},
 		"version": nil,
 		"demo":    {"--size"},
 	}
