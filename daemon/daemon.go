@@ -23,6 +23,13 @@
 // and flushes the capture files. When it returns, every goroutine the
 // daemon started has returned.
 //
+// # Peers and reload
+//
+// Tunnels with a keepalive probe their peer (keepalive.go); /readyz and
+// Status.Ready say whether every such peer is up. Daemon.Reload applies a
+// new configuration as a difference from the running one (reload.go), and
+// Options.Reload is what POST /reload on the status server runs.
+//
 // # Privileges
 //
 // UDP tunnels, forwards, SOCKS5 and the status server need no privileges.
