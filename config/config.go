@@ -59,6 +59,8 @@ const (
 	DefaultReassemblyTimeout  = 30 * time.Second // Linux net.ipv4.ipfrag_time
 	DefaultReassemblyMemory   = 4 << 20          // Linux net.ipv4.ipfrag_high_thresh
 	DefaultTUNName            = "ipip0"
+	DefaultTCPKeepalive       = 30 * time.Second
+	DefaultTCPKeepaliveCount  = 3
 	EncapLimitNone            = -1   // Tunnel.EncapLimit value: no encapsulation limit option.
 	minIPv4MTU                = 68   // RFC 791: every IPv4 module must forward 68 octets unfragmented.
 	minIPv6MTU                = 1280 // RFC 8200 section 5.
@@ -208,6 +210,13 @@ type Stack struct {
 	// family; past it the oldest incomplete datagrams are dropped.
 	// Default DefaultReassemblyMemory (4 MiB).
 	ReassemblyMemory int
+	// TCPKeepalive is the idle time after which a forwarded TCP
+	// connection (forward, reverse, SOCKS5), on its side inside the
+	// stack, starts sending keepalive probes; after DefaultTCPKeepaliveCount
+	// unanswered probes, one every TCPKeepalive/3 (at least 1s), the
+	// connection is reset, so that one whose peer restarted does not hang
+	// forever. Default DefaultTCPKeepalive (30s); 0 ("off") disables it.
+	TCPKeepalive time.Duration
 }
 
 // Congestion is a TCP congestion control algorithm.
@@ -295,6 +304,46 @@ type Tunnel struct {
 	// filter.go). nil (no filter block, the default) lets every packet
 	// in, as before filters existed.
 	Filter *Filter
+	// Keepalive is the interval of the echo requests the daemon sends to
+	// the peer's inner address (PeerInner), which keep NAT state alive
+	// and tell whether the peer is up; 1s to 1h. 0 (the default) sends
+	// none.
+	Keepalive time.Duration
+	// PeerAddress is the peer's inner address, which keepalive probes.
+	// The zero value (the default) means the one PeerInner derives from
+	// a point-to-point prefix of Addresses.
+	PeerAddress netip.Addr
+}
+
+// PeerInner returns the peer's inner address: PeerAddress if set, else
+// the other host of the first address of Addresses whose prefix is a
+// point-to-point link: /31 or /127 (the other address, RFC 3021), or /30
+// (the other of its two host addresses). It returns the zero Addr if
+// there is none.
+func (t *Tunnel) PeerInner() netip.Addr {
+	if t.PeerAddress.IsValid() {
+		return t.PeerAddress
+	}
+	for _, a := range t.Addresses {
+		bits, total := a.Bits(), a.Addr().BitLen()
+		switch {
+		case total-bits == 1: // /31, /127: the other of two
+			first := a.Masked().Addr()
+			if a.Addr() == first {
+				return first.Next()
+			}
+			return first
+		case total == 32 && bits == 30: // network, two hosts, broadcast
+			first := a.Masked().Addr().Next()
+			switch a.Addr() {
+			case first:
+				return first.Next()
+			case first.Next():
+				return first
+			}
+		}
+	}
+	return netip.Addr{}
 }
 
 // Impair is a tunnel's impair block: loss, reordering, duplication,

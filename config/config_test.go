@@ -46,6 +46,7 @@ func TestLoadTwoPeersA(t *testing.T) {
 			TCPModerateReceiveBuffer: true,
 			ReassemblyTimeout:        30 * time.Second,
 			ReassemblyMemory:         4 << 20,
+			TCPKeepalive:             30 * time.Second,
 		},
 		Tunnels: []Tunnel{{
 			Name:      "b",
@@ -142,6 +143,7 @@ func TestDefaults(t *testing.T) {
 			TCPModerateReceiveBuffer: true,
 			ReassemblyTimeout:        DefaultReassemblyTimeout,
 			ReassemblyMemory:         DefaultReassemblyMemory,
+			TCPKeepalive:             DefaultTCPKeepalive,
 		},
 		Tunnels: []Tunnel{{
 			Name:       "t",

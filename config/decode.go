@@ -39,10 +39,12 @@ var (
 	statusSchema = &hcl.BodySchema{Attributes: attrs("listen")}
 	stackSchema  = &hcl.BodySchema{Attributes: attrs(
 		"tcp_sack", "tcp_congestion", "tcp_send_buffer", "tcp_receive_buffer",
-		"tcp_moderate_receive_buffer", "tcp_min_rto", "forwarding", "reassembly_timeout", "reassembly_memory")}
+		"tcp_moderate_receive_buffer", "tcp_min_rto", "forwarding", "reassembly_timeout", "reassembly_memory",
+		"tcp_keepalive")}
 	tunnelSchema = &hcl.BodySchema{Attributes: attrs(
 		"transport", "!local", "!remote", "!addresses", "routes", "default_route",
-		"allowed_sources", "mtu", "path_mtu", "ttl", "tos", "df", "encap_limit", "roaming", "any_source_port", "capture"),
+		"allowed_sources", "mtu", "path_mtu", "ttl", "tos", "df", "encap_limit", "roaming", "any_source_port", "capture",
+		"keepalive", "peer_address"),
 		Blocks: []hcl.BlockHeaderSchema{{Type: "impair"}, {Type: "filter"}}}
 	impairSchema = &hcl.BodySchema{Attributes: attrs(
 		"loss", "reorder", "duplicate", "corrupt", "delay", "jitter", "rate", "seed")}
@@ -202,6 +204,7 @@ func (d *decoder) decodeStack(b *hcl.Block) Stack {
 		TCPModerateReceiveBuffer: true,
 		ReassemblyTimeout:        DefaultReassemblyTimeout,
 		ReassemblyMemory:         DefaultReassemblyMemory,
+		TCPKeepalive:             DefaultTCPKeepalive,
 	}
 	if b == nil {
 		return s
@@ -243,6 +246,9 @@ func (d *decoder) decodeStack(b *hcl.Block) Stack {
 	if v, ok := d.integer(a["reassembly_memory"], minReassemblyMemory, maxBufferSize,
 		" bytes (128 KiB, so that one maximal datagram fits, to 1 GiB)"); ok {
 		s.ReassemblyMemory = v
+	}
+	if v, ok := d.durationOrOff(a["tcp_keepalive"], time.Second, 2*time.Hour); ok {
+		s.TCPKeepalive = v
 	}
 	return s
 }
@@ -432,6 +438,8 @@ func (d *decoder) decodeTunnel(b *hcl.Block) (Tunnel, tunnelSrc) {
 			}
 		}
 	}
+
+	d.decodeKeepalive(a, &t)
 
 	for _, ib := range body.Blocks {
 		if ib.Type == "filter" {

@@ -46,6 +46,11 @@ func (c *Config) HCL() []byte {
 	b.SetAttributeValue("forwarding", cty.BoolVal(s.Forwarding))
 	b.SetAttributeValue("reassembly_timeout", dur(s.ReassemblyTimeout))
 	b.SetAttributeValue("reassembly_memory", num(s.ReassemblyMemory))
+	if s.TCPKeepalive == 0 {
+		b.SetAttributeValue("tcp_keepalive", cty.StringVal("off"))
+	} else {
+		b.SetAttributeValue("tcp_keepalive", dur(s.TCPKeepalive))
+	}
 
 	for i := range c.Tunnels {
 		t := &c.Tunnels[i]
@@ -79,6 +84,12 @@ func (c *Config) HCL() []byte {
 		b.SetAttributeValue("any_source_port", cty.BoolVal(t.AnySourcePort))
 		if t.Capture != "" {
 			b.SetAttributeValue("capture", cty.StringVal(t.Capture))
+		}
+		if t.Keepalive != 0 {
+			b.SetAttributeValue("keepalive", dur(t.Keepalive))
+		}
+		if t.PeerAddress.IsValid() {
+			b.SetAttributeValue("peer_address", cty.StringVal(t.PeerAddress.String()))
 		}
 		if im := t.Impair; im != nil {
 			ib := b.AppendNewBlock("impair", nil).Body()

@@ -23,6 +23,13 @@
 // and flushes the capture files. When it returns, every goroutine the
 // daemon started has returned.
 //
+// # Peers and reload
+//
+// Tunnels with a keepalive probe their peer (keepalive.go); /readyz and
+// Status.Ready say whether every such peer is up. Daemon.Reload applies a
+// new configuration as a difference from the running one (reload.go), and
+// Options.Reload is what POST /reload on the status server runs.
+//
 // # Privileges
 //
 // UDP tunnels, forwards, SOCKS5 and the status server need no privileges.
@@ -68,6 +75,10 @@ type Options struct {
 	// StartTUN creates the TUN device of a config with a tun block. Nil
 	// means the built-in one.
 	StartTUN TUNStarter
+	// Reload, if set, is what POST /reload on the status server runs:
+	// re-read the configuration file and apply it with Daemon.Reload (see
+	// reload.go). Nil answers 501.
+	Reload ReloadFunc
 }
 
 func (o *Options) drainTimeout() time.Duration {
@@ -97,6 +108,11 @@ type Daemon struct {
 	statusSrv  *http.Server
 	statusDone chan struct{}
 	statusErrs service.AcceptErrors // the status listener's failed accepts
+
+	peers peers // keepalive.go
+	// reloadMu serializes Reload (reload.go), which replaces cfg and
+	// services under mu.
+	reloadMu sync.Mutex
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
@@ -172,6 +188,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 		log.Info("tunnel ready", "tunnel", ts.Name, "transport", t.Transport.String(),
 			"local", ts.Local.String(), "remote", t.Remote.String(), "addresses", fmt.Sprint(t.Addresses),
 			"routes", fmt.Sprint(t.RoutePrefixes()), "mtu", ts.MTU, "capture", t.Capture, "roaming", t.Roaming)
+		d.watchPeer(t)
 	}
 
 	for _, s := range newServices(cfg, d.st, log) {
@@ -266,7 +283,7 @@ func (d *Daemon) startStatus() error {
 			d.log.Error("status server stopped", "err", err)
 		}
 	}()
-	d.log.Info("status server listening", "listen", ln.Addr().String(), "endpoints", "/status /metrics")
+	d.log.Info("status server listening", "listen", ln.Addr().String(), "endpoints", "/status /metrics /healthz /readyz")
 	return nil
 }
 
@@ -282,13 +299,17 @@ func (d *Daemon) StatusAddr() net.Addr {
 // Stack returns the daemon's stack.
 func (d *Daemon) Stack() *stack.Stack { return d.st }
 
-// Handler returns the status server's handler (/status and /metrics), for
+// Handler returns the status server's handler (/status, /metrics, /healthz
+// and /readyz), for
 // tests and for embedding it elsewhere.
 func (d *Daemon) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/status", d.serveStatus)
 	metrics := d.metricsHandler()
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) { d.serveMetrics(w, r, metrics) })
+	mux.HandleFunc("/healthz", serveHealthz)
+	mux.HandleFunc("/readyz", d.serveReadyz)
+	mux.HandleFunc("/reload", d.serveReload)
 	mux.HandleFunc("/", serveIndex)
 	return mux
 }
@@ -306,13 +327,17 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 // after a failed Start.
 func (d *Daemon) closeAll(ctx context.Context) error {
 	d.draining.Store(true)
+	// A reload in progress finishes first, and none starts after.
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	services := d.serviceList()
 	var errs []error
 	begin := time.Now()
 	var active int64
-	for _, s := range d.services {
+	for _, s := range services {
 		active += s.status().Active
 	}
-	if len(d.services) > 0 {
+	if len(services) > 0 {
 		d.log.Info("stopped accepting; draining connections", "active", active)
 	}
 	var (
@@ -320,7 +345,7 @@ func (d *Daemon) closeAll(ctx context.Context) error {
 		mu  sync.Mutex
 		cut []string
 	)
-	for _, s := range d.services {
+	for _, s := range services {
 		wg.Go(func() {
 			err := s.srv.Shutdown(ctx)
 			if err == nil {
@@ -338,7 +363,7 @@ func (d *Daemon) closeAll(ctx context.Context) error {
 	wg.Wait()
 	if len(cut) > 0 {
 		d.log.Warn("drain timed out; closed the remaining connections", "services", cut, "after", time.Since(begin).Round(time.Millisecond))
-	} else if len(d.services) > 0 {
+	} else if len(services) > 0 {
 		d.log.Info("services stopped", "after", time.Since(begin).Round(time.Millisecond))
 	}
 
@@ -362,6 +387,7 @@ func (d *Daemon) closeAll(ctx context.Context) error {
 		<-d.statusDone
 	}
 
+	d.stopPeers()
 	if d.st != nil {
 		if err := d.st.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("daemon: %w", err))
@@ -390,9 +416,10 @@ func (d *Daemon) closeAll(ctx context.Context) error {
 
 // tunnelConfig returns the tunnel block named name, or nil.
 func (d *Daemon) tunnelConfig(name string) *config.Tunnel {
-	for i := range d.cfg.Tunnels {
-		if d.cfg.Tunnels[i].Name == name {
-			return &d.cfg.Tunnels[i]
+	cfg := d.config() // reload.go
+	for i := range cfg.Tunnels {
+		if cfg.Tunnels[i].Name == name {
+			return &cfg.Tunnels[i]
 		}
 	}
 	return nil

@@ -59,7 +59,7 @@ func (d *Daemon) statusServerStatus() *StatusServerStatus {
 func (d *Daemon) collectListeners() []*family {
 	svc := &family{name: "ipipstack_service_accept_errors_total", typ: counter,
 		help: "Failed accepts (out of file descriptors, most likely), retried with backoff; TCP services only."}
-	for _, s := range d.services {
+	for _, s := range d.serviceList() { // reload.go
 		if st := s.status(); st.Protocol == "tcp" {
 			svc.add(u64(st.AcceptErrors), "service", st.Name, "kind", st.Kind)
 		}

@@ -23,6 +23,9 @@ func stackConfig(cfg *config.Config) (stack.Config, error) {
 			ReceiveBuffer:                cfg.Stack.TCPReceiveBuffer,
 			DisableModerateReceiveBuffer: !cfg.Stack.TCPModerateReceiveBuffer,
 			MinRTO:                       cfg.Stack.TCPMinRTO,
+			// Every TCP connection of the daemon's stack is a forwarded
+			// one (forward, reverse, SOCKS5).
+			Keepalive: cfg.Stack.TCPKeepalive,
 		},
 		// A TUN device is useless without forwarding: its packets are
 		// addressed to the peers, not to the stack.

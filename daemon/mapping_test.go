@@ -177,7 +177,9 @@ func TestStackConfigStack(t *testing.T) {
 	}{
 		// Absent attributes go as zero: the library's defaults
 		// (stack.DefaultCongestionControl and the rest), one definition.
-		{"defaults", tunnel, stack.TCPOptions{}, false},
+		// except TCP keepalive, which the daemon turns on for the
+		// connections it forwards.
+		{"defaults", tunnel, stack.TCPOptions{Keepalive: 30 * time.Second}, false},
 		{"tuned", `stack {
   tcp_sack                    = false
   tcp_congestion              = "cubic"
@@ -186,12 +188,13 @@ func TestStackConfigStack(t *testing.T) {
   tcp_moderate_receive_buffer = false
   tcp_min_rto                 = "5ms"
   forwarding                  = true
+  tcp_keepalive               = "off"
 }` + tunnel, stack.TCPOptions{DisableSACK: true, CongestionControl: "cubic", SendBuffer: 65536, ReceiveBuffer: 131072,
 			DisableModerateReceiveBuffer: true, MinRTO: 5 * time.Millisecond}, true},
 		{"tun forces forwarding", tunnel + `
 tun {
   addresses = ["10.98.0.1/24"]
-}`, stack.TCPOptions{}, true},
+}`, stack.TCPOptions{Keepalive: 30 * time.Second}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -36,6 +36,10 @@ type Status struct {
 	Forwarding *ForwardingStatus `json:"forwarding,omitempty"`
 	// StatusServer is the status server itself; nil if it is disabled.
 	StatusServer *StatusServerStatus `json:"status_server,omitempty"`
+	// Ready is what /readyz answers: every tunnel with a keepalive has a
+	// live peer and every listener is open. NotReady says why not.
+	Ready    bool     `json:"ready"`
+	NotReady []string `json:"not_ready,omitempty"`
 }
 
 // ForwardingStatus is stack.ForwardStats: IPv4 packets the router cut to
@@ -85,8 +89,10 @@ type TunnelStatus struct {
 	// every reason is present, zero or not.
 	Drops      map[string]uint64 `json:"drops"`
 	DropsTotal uint64            `json:"drops_total"`
-	// LastSeen is when the last outer datagram arrived; nil if none has.
+	// LastSeen is when the last accepted datagram arrived; nil if none has.
 	LastSeen *time.Time `json:"last_seen,omitempty"`
+	// PeerState is the watched state of the peer (keepalive.go).
+	PeerState *PeerStatus `json:"peer_state,omitempty"`
 	// Filter is the state of the tunnel's filter; nil without a filter
 	// block. Its drops are under Drops["filtered"].
 	Filter *FilterStatus `json:"filter,omitempty"`
@@ -199,9 +205,10 @@ func (d *Daemon) Status() Status {
 			ls := ts.LastSeen
 			t.LastSeen = &ls
 		}
+		t.PeerState = d.peerStatus(ts.Name)
 		s.Tunnels = append(s.Tunnels, t)
 	}
-	for _, sv := range d.services {
+	for _, sv := range d.serviceList() { // reload.go
 		s.Services = append(s.Services, sv.status())
 	}
 	s.ReassemblyLimitsApplied = d.st.ReassemblyLimitsApplied()
@@ -214,18 +221,20 @@ func (d *Daemon) Status() Status {
 			s.ReassemblyBytes["ipv6"] = v6
 		}
 	}
-	if d.cfg.Stack.Forwarding || d.cfg.TUN != nil {
+	if cfg := d.config(); cfg.Stack.Forwarding || cfg.TUN != nil {
 		f := d.st.ForwardStats()
 		s.Forwarding = &ForwardingStatus{Refragmented: f.Refragmented, Fragments: f.Fragments,
 			TTLExpired: f.TTLExpired, IncompleteDatagrams: f.IncompleteDatagrams, OffsetOverflow: f.OffsetOverflow}
 	}
-	if d.cfg.TUN != nil {
+	if d.config().TUN != nil {
 		d.mu.Lock()
 		ts := d.tunStatus
 		d.mu.Unlock()
 		s.TUN = &ts
 	}
 	s.StatusServer = d.statusServerStatus()
+	s.NotReady = notReady(&s)
+	s.Ready = len(s.NotReady) == 0
 	return s
 }
 
@@ -257,7 +266,7 @@ func serveIndex(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Write([]byte("ipipstack status server\n\n/status   JSON state and counters\n/metrics  Prometheus metrics\n"))
+	w.Write([]byte("ipipstack status server\n\n/status   JSON state and counters\n/metrics  Prometheus metrics\n/healthz  200 while the process serves\n/readyz   200 when every keepalive peer is up, 503 and why otherwise\n"))
 }
 
 func allowRead(w http.ResponseWriter, r *http.Request) bool {

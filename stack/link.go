@@ -27,7 +27,8 @@ func (s *Stack) nameTakenLocked(name string) bool {
 // the stack's route table (those AddLink made and those AddRoute added),
 // its forwarding state, then its NIC with the NIC's addresses; the link
 // endpoint is closed. The name is free for AddLink again. It fails with
-// ErrUnknownTunnel if no link has that name (tunnels cannot be removed)
+// ErrUnknownTunnel if no link has that name (tunnels are removed with
+// RemoveTunnel)
 // and with ErrClosed once the stack is closed.
 //
 // It is safe while traffic flows: packets are routed by the table before

@@ -209,6 +209,9 @@ func (s *Stack) dialTCP(ctx context.Context, raddr netip.AddrPort, proto tcpip.N
 		ep.Close()
 		return nil, translate("connect", terr)
 	}
+	// After the handshake: gVisor starts the keepalive timer when the
+	// option is set on a connected endpoint only.
+	s.setKeepalive(ep) // keepalive.go
 	return gonet.NewTCPConn(&wq, ep), nil
 }
 
@@ -233,6 +236,9 @@ func (s *Stack) Listen(network, address string) (net.Listener, error) {
 	if terr := ep.Listen(1024); terr != nil {
 		ep.Close()
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: strAddr{network, address}, Err: translate("listen", terr)}
+	}
+	if s.keepalive > 0 {
+		return s.newKeepaliveListener(wq, ep), nil // keepalive.go
 	}
 	return gonet.NewTCPListener(s.gv, wq, ep), nil
 }

@@ -16,7 +16,9 @@
 //
 // Each tunnel is one NIC, point to point like Linux ipip with remote set:
 // its inner addresses' prefixes, its extra routes and an optional default
-// route point at it, and the longest prefix wins. Addresses given to Dial,
+// route point at it, and the longest prefix wins. Tunnels can be added and
+// removed while the stack runs (Stack.AddTunnel, Stack.RemoveTunnel).
+// Addresses given to Dial,
 // Listen and ListenPacket are IP literals: the stack has no resolver.
 package stack
 
@@ -226,7 +228,19 @@ type TCPOptions struct {
 	// timers after losses on the short paths a tunnel often is: at 1 %
 	// loss over loopback it moved 25 Mbit/s, against 150 with 20 ms.
 	MinRTO time.Duration
+	// Keepalive, if positive, turns TCP keepalive on for every connection
+	// that Dial makes and that a Listen listener accepts: after Keepalive
+	// without traffic the stack probes the peer, every Keepalive/3 (at
+	// least a second), and resets the connection after KeepaliveCount
+	// probes go unanswered, as a peer that restarted and lost the
+	// connection does (it answers with a reset, which ends the connection
+	// at once). 0 (the default) leaves keepalive off, as gVisor does.
+	Keepalive time.Duration
 }
+
+// KeepaliveCount is how many unanswered TCP keepalive probes reset a
+// connection (see TCPOptions.Keepalive); Linux's default is 9.
+const KeepaliveCount = 3
 
 // Stack is a userspace TCP/IP stack whose NICs are IPIP tunnels. Its
 // methods are safe for concurrent use.
@@ -234,8 +248,9 @@ type Stack struct {
 	gv         *gvstack.Stack
 	log        *slog.Logger
 	forwarding bool
-	reasm      reassembly // set in New, then read-only
-	fwd        forwarding // forward.go
+	keepalive  time.Duration // TCPOptions.Keepalive; read-only after New
+	reasm      reassembly    // set in New, then read-only
+	fwd        forwarding    // forward.go
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -247,6 +262,10 @@ type Stack struct {
 	// endpoints as gVisor has them (wrapped for forwarding, say).
 	linkNICs map[string]tcpip.NICID
 	linkEPs  map[string]gvstack.LinkEndpoint
+
+	// tunnelChange serializes AddTunnel and RemoveTunnel (tunnels.go),
+	// which take mu and routeMu themselves.
+	tunnelChange sync.Mutex
 
 	// routeMu guards the route table (route.go). It is not held with mu.
 	routeMu sync.Mutex
@@ -263,6 +282,9 @@ type tunnel struct {
 	filter *tunnelFilter // nil without Tunnel.Filter
 	addrs  []netip.Prefix
 	routes []netip.Prefix
+	// link is the NIC's link endpoint as gVisor has it (ep wrapped for
+	// capture and forwarding), for RemoveTunnel.
+	link gvstack.LinkEndpoint
 }
 
 // New builds a stack with one NIC per tunnel and starts it. On error
@@ -281,7 +303,7 @@ func New(cfg Config) (_ *Stack, err error) {
 		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		HandleLocal:        true,
 	})
-	s := &Stack{gv: gv, log: log, forwarding: cfg.Forwarding}
+	s := &Stack{gv: gv, log: log, forwarding: cfg.Forwarding, keepalive: cfg.TCP.Keepalive}
 	// handed counts the tunnels given to addTunnel, which closes their
 	// Conn itself on error; the Conns of the others are closed here.
 	handed := 0
@@ -486,7 +508,7 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 		ep.Close()
 		return fmt.Errorf("stack: tunnel %q: create NIC: %s", t.Name, terr)
 	}
-	tun := &tunnel{name: t.Name, nic: nic, ep: ep, filter: filter, addrs: t.Addresses, routes: t.Routes}
+	tun := &tunnel{name: t.Name, nic: nic, ep: ep, filter: filter, addrs: t.Addresses, routes: t.Routes, link: link}
 	s.mu.Lock()
 	s.tunnels = append(s.tunnels, tun)
 	s.mu.Unlock()

@@ -18,6 +18,9 @@ const (
 	ExitOK      = 0 // success
 	ExitFailure = 1 // runtime failure
 	ExitUsage   = 2 // usage or configuration error
+	// ExitNotReady: `ipipstack status` reached the daemon, which is not
+	// ready (a keepalive peer is not up, or it is draining).
+	ExitNotReady = 3
 )
 
 // command is one subcommand.
@@ -36,7 +39,7 @@ type command struct {
 var commands []*command
 
 func init() {
-	commands = []*command{runCmd, checkCmd, statusCmd, versionCmd, demoCmd}
+	commands = []*command{runCmd, checkCmd, statusCmd, reloadCmd, versionCmd, demoCmd}
 }
 
 func lookup(name string) *command {
@@ -58,7 +61,9 @@ const exitDoc = `Exit status:
   1  runtime failure: a port or tunnel socket that cannot be opened, an
      unreachable status server, a failed demo check, an unclean shutdown
   2  usage or configuration error: unknown command or flag, missing
-     argument, invalid configuration file`
+     argument, invalid configuration file
+  3  status only: the daemon answers but is not ready (a tunnel with a
+     keepalive has no live peer, or it is shutting down)`
 
 // Main runs the command line args (without the program name) and returns
 // the exit status. Cancelling ctx stops a running daemon or demo as SIGINT

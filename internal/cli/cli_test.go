@@ -101,6 +101,7 @@ func TestHelpListsFlags(t *testing.T) {
 		"run":     {"-c", "--config", "--log-format", "--log-level", "--drain-timeout"},
 		"check":   {"-c", "--config"},
 		"status":  {"-c", "--config", "--addr", "--json", "--timeout"},
+		"reload":  {"-c", "--config", "--pid", "--timeout"},
 		"version": nil,
 		"demo":    {"--size"},
 	}
@@ -278,7 +279,7 @@ func TestStatusFetch(t *testing.T) {
 			http.NotFound(w, r)
 			return
 		}
-		json.NewEncoder(w).Encode(daemon.Status{Tunnels: []daemon.TunnelStatus{{Name: "fetched"}}})
+		json.NewEncoder(w).Encode(daemon.Status{Ready: true, Tunnels: []daemon.TunnelStatus{{Name: "fetched"}}})
 	}))
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")

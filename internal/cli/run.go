@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/ipipstack/ipipstack/config"
@@ -20,6 +21,12 @@ var runCmd = &command{
 	usage:   "ipipstack run -c FILE [--log-format text|json] [--log-level debug|info|warn|error] [--drain-timeout 10s]",
 	doc: `Bring up the tunnels of FILE and serve its forwards, reverse forwards,
 SOCKS5 proxies, TUN device and status server until SIGINT or SIGTERM.
+
+On SIGHUP (or "ipipstack reload -c FILE") the process re-reads FILE and
+applies what changed: unchanged tunnels and services keep running with their
+connections, removed ones drain and stop, changed ones restart, added ones
+start. An invalid file is logged with its diagnostics and the running
+configuration stays.
 
 On the signal, every listener closes at once and open connections get up to
 --drain-timeout to finish; then the rest are closed, the stack is shut down
@@ -95,7 +102,14 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	signal.Notify(sigs, shutdownSignals...)
 	defer signal.Stop(sigs)
 
-	opts := daemon.Options{Logger: log, DrainTimeout: drain}
+	// SIGHUP reloads the file (reload.go); without this, it would kill
+	// the process.
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
+
+	var running atomic.Pointer[daemon.Daemon]
+	opts := daemon.Options{Logger: log, DrainTimeout: drain, Reload: reloader(file, format, level, log, running.Load)}
 	if drain == 0 {
 		opts.DrainTimeout = -1 // close at once
 	}
@@ -104,11 +118,22 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		log.Error("failed to start", "err", err)
 		return ExitFailure
 	}
-	select {
-	case sig := <-sigs:
-		log.Info("received signal; shutting down", "signal", sig.String(), "drain_timeout", drain)
-	case <-ctx.Done():
-		log.Info("shutting down", "cause", context.Cause(ctx), "drain_timeout", drain)
+	running.Store(d)
+wait:
+	for {
+		select {
+		case sig := <-sigs:
+			log.Info("received signal; shutting down", "signal", sig.String(), "drain_timeout", drain)
+			break wait
+		case <-ctx.Done():
+			log.Info("shutting down", "cause", context.Cause(ctx), "drain_timeout", drain)
+			break wait
+		case <-hups:
+			// In the background, so that SIGTERM is heard while a
+			// reload drains; the daemon serializes reloads, and
+			// Shutdown waits for the one in progress.
+			go opts.Reload(context.WithoutCancel(ctx)) // it logs its outcome
+		}
 	}
 	dctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()

@@ -31,8 +31,13 @@ was last heard from) and services (open and total connections, bytes).
 The server is the status block's listen address of FILE, or --addr, or
 ` + config.DefaultStatusListen + ` if neither is given.
 
+Peers are up, down (a keepalive went unanswered) or unknown; the daemon is
+ready when every tunnel with a keepalive has its peer up, as /readyz says, so
+the command serves as a container health check.
+
 Exit status: 0 on success, 1 if the server cannot be reached, 2 on a usage
-error or if FILE is invalid or has no status block.`,
+error or if FILE is invalid or has no status block, 3 if the daemon is not
+ready (the reasons go to stderr).`,
 	flags: `  -c, --config FILE
         read the status server's address from this configuration file
   --addr HOST:PORT
@@ -96,16 +101,21 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "ipipstack status: %v\n", err)
 		return ExitFailure
 	}
-	if asJSON {
-		stdout.Write(body)
-		return ExitOK
-	}
 	var st daemon.Status
 	if err := json.Unmarshal(body, &st); err != nil {
 		fmt.Fprintf(stderr, "ipipstack status: http://%s/status: bad JSON: %v\n", addr, err)
 		return ExitFailure
 	}
-	writeStatus(stdout, &st, time.Now())
+	if asJSON {
+		stdout.Write(body)
+	} else {
+		writeStatus(stdout, &st, time.Now())
+		writePeers(stdout, &st, time.Now()) // peers.go
+	}
+	if !st.Ready {
+		fmt.Fprintf(stderr, "ipipstack status: not ready: %s\n", strings.Join(st.NotReady, "; "))
+		return ExitNotReady
+	}
 	return ExitOK
 }
 
