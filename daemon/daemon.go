@@ -90,6 +90,7 @@ type Daemon struct {
 	started time.Time
 
 	st       *stack.Stack
+	drops    *dropWatch // logs the tunnels' drops; nil before the stack is up
 	captures []*captureFile
 	services []*svc // in the order of Status.Services
 
@@ -167,6 +168,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	if err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
+	d.drops = startDropWatch(d.st, log)
 	for _, ts := range d.st.Stats() {
 		t := d.tunnelConfig(ts.Name)
 		log.Info("tunnel ready", "tunnel", ts.Name, "transport", t.Transport.String(),
@@ -362,6 +364,7 @@ func (d *Daemon) closeAll(ctx context.Context) error {
 		<-d.statusDone
 	}
 
+	d.drops.close()
 	if d.st != nil {
 		if err := d.st.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("daemon: %w", err))
