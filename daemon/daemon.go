@@ -26,7 +26,9 @@
 // # Privileges
 //
 // UDP tunnels, forwards, SOCKS5 and the status server need no privileges.
-// Raw tunnels need CAP_NET_RAW and fail Start without it. A TUN device
+// Raw tunnels need CAP_NET_RAW and fail Start without it, with an error
+// that says how to grant it ([MissingCapabilities] finds this before
+// Start). A TUN device
 // needs CAP_NET_ADMIN; without it the daemon logs an error, reports the
 // device as down in its status and runs the other services.
 package daemon
@@ -166,7 +168,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	}
 	d.st, err = stack.New(sc)
 	if err != nil {
-		return nil, fmt.Errorf("daemon: %w", err)
+		return nil, fmt.Errorf("daemon: %w", explainStartError(err))
 	}
 	d.drops = startDropWatch(d.st, log)
 	for _, ts := range d.st.Stats() {
@@ -179,7 +181,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	for _, s := range newServices(cfg, d.st, log) {
 		if err := s.srv.Start(ctx); err != nil {
 			s.srv.Close()
-			return nil, fmt.Errorf("daemon: %s %q: %w", s.kind, s.name, err)
+			return nil, &serviceError{s.kind, s.name, err}
 		}
 		d.services = append(d.services, s)
 		args := []any{"kind", s.kind, "service", s.name, "protocol", s.proto, "listen", s.listenAddr()}
