@@ -54,6 +54,7 @@ test: deps
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 	@echo "== the IPv4 forwarding tests that skip under -race, without it"
 	$(GO) test -count=1 -run '^(TestRouterTCPTransfer|TestPathMTUNarrowMiddle|TestForward[A-Za-z0-9]*)$$' ./stack/
+	$(GO) test -count=1 -run '^TestDiag(Ping|Traceroute)$$' ./daemon/
 
 ## bench: the benchmarks, COUNT runs each (for benchstat), then a table of
 ## medians with the ratios to the baselines (bench/out/TABLE.md) and a chart

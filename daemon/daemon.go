@@ -101,6 +101,10 @@ type Daemon struct {
 	statusDone chan struct{}
 	statusErrs service.AcceptErrors // the status listener's failed accepts
 
+	// diagSlots bounds the diagnostics running at once (diag.go).
+	diagOnce  sync.Once
+	diagSlots chan struct{}
+
 	draining     atomic.Bool
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -286,13 +290,15 @@ func (d *Daemon) StatusAddr() net.Addr {
 // Stack returns the daemon's stack.
 func (d *Daemon) Stack() *stack.Stack { return d.st }
 
-// Handler returns the status server's handler (/status and /metrics), for
-// tests and for embedding it elsewhere.
+// Handler returns the status server's handler (/status, /metrics, and
+// the diagnostics POST /v1/ping and /v1/traceroute of diag.go), for tests
+// and for embedding it elsewhere.
 func (d *Daemon) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/status", d.serveStatus)
 	metrics := d.metricsHandler()
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) { d.serveMetrics(w, r, metrics) })
+	d.diagRoutes(mux)
 	mux.HandleFunc("/", serveIndex)
 	return mux
 }
