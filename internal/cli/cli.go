@@ -102,14 +102,15 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func writeTopHelp(w io.Writer) {
 	fmt.Fprintf(w, "%s\n\nUsage: ipipstack <command> [flags]\n\nCommands:\n", topDoc)
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(w, "  %-8s %s\n", "help", "show the help of a command (or --help after it)")
+	fmt.Fprintf(w, "  %-10s %s\n", "help", "show the help of a command (or --help after it)")
 	fmt.Fprintf(w, "\nRun 'ipipstack <command> --help' for its flags.\n\n%s\n\n", exitDoc)
 	fmt.Fprint(w, `Examples:
   ipipstack check -c examples/two-peers-a.hcl
   ipipstack run -c examples/two-peers-a.hcl --log-level debug
   ipipstack status --addr 127.0.0.1:9100
+  ipipstack ping -c examples/two-peers-a.hcl 10.99.0.2
 `)
 }
 

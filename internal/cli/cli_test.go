@@ -98,11 +98,13 @@ func TestExitCodes(t *testing.T) {
 // and every command's help has a usage line, a description and an example.
 func TestHelpListsFlags(t *testing.T) {
 	accepted := map[string][]string{
-		"run":     {"-c", "--config", "--log-format", "--log-level", "--drain-timeout"},
-		"check":   {"-c", "--config"},
-		"status":  {"-c", "--config", "--addr", "--json", "--timeout"},
-		"version": nil,
-		"demo":    {"--size"},
+		"run":        {"-c", "--config", "--log-format", "--log-level", "--drain-timeout"},
+		"check":      {"-c", "--config"},
+		"status":     {"-c", "--config", "--addr", "--json", "--timeout"},
+		"version":    nil,
+		"demo":       {"--size"},
+		"ping":       {"-c", "--config", "--addr", "--count", "--interval", "--timeout"},
+		"traceroute": {"-c", "--config", "--addr", "--max-hops", "--wait"},
 	}
 	for _, c := range commands {
 		var b bytes.Buffer
