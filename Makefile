@@ -21,8 +21,15 @@ STATICCHECK := $(TOOLS)/staticcheck
 
 all: build
 
+# VERSION is what `ipipstack version` reports for `make build`: the nearest
+# tag, the commits since and the revision (git describe), "-dirty" with
+# uncommitted changes. -buildvcs=auto also records the revision and its time
+# (some environments set GOFLAGS=-buildvcs=false).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+LDFLAGS := $(if $(VERSION),-X github.com/ipipstack/ipipstack/internal/buildinfo.version=$(VERSION))
+
 build:
-	$(GO) build -o bin/ipipstack ./cmd/ipipstack
+	$(GO) build -buildvcs=auto -ldflags '$(LDFLAGS)' -o bin/ipipstack ./cmd/ipipstack
 
 ## demo: the main job on its embedded default (two stacks over loopback UDP).
 demo:
