@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -199,6 +200,12 @@ func runPing(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if count < 1 || count > 100 {
 		return usageError(pingCmd, stderr, "--count must be 1..100, not %d", count)
+	}
+	if _, err := strconv.Atoi(file); err == nil {
+		if _, err := os.Stat(file); err != nil {
+			// ping -c COUNT, as the system's ping takes it.
+			return usageError(pingCmd, stderr, "-c is the configuration file here; the number of requests is --count %s", file)
+		}
 	}
 	server, code := statusServer(pingCmd, file, addr, stderr)
 	if server == "" {

@@ -124,6 +124,7 @@ func TestDiagUsage(t *testing.T) {
 		{[]string{"ping", "--count", "0", "10.0.0.1"}, "--count must be 1..100"},
 		{[]string{"traceroute", "--max-hops", "65", "10.0.0.1"}, "--max-hops must be 1..64"},
 		{[]string{"traceroute", "--addr", "x", "10.0.0.1"}, "want HOST:PORT"},
+		{[]string{"ping", "-c", "3", "10.0.0.1"}, "-c is the configuration file here; the number of requests is --count 3"},
 	} {
 		if _, errOut, code := cli(t, t.Context(), tc.args...); code != ExitUsage || !strings.Contains(errOut, tc.err) {
 			t.Errorf("ipipstack %s = %d %q, want 2 and %q", strings.Join(tc.args, " "), code, errOut, tc.err)
