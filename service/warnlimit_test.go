@@ -23,16 +23,34 @@ func TestWarnLimiterOneWarningThenSummary(t *testing.T) {
 		},
 	}))
 	now := time.Unix(1000, 0)
-	w := &WarnLimiter{Interval: 10 * time.Second, Now: func() time.Time { return now }}
+	var scheduled []time.Duration
+	var fire func()
+	w := &WarnLimiter{Interval: 10 * time.Second, Now: func() time.Time { return now },
+		AfterFunc: func(d time.Duration, f func()) { scheduled = append(scheduled, d); fire = f }}
 	for i := range 100 {
 		w.Warn(log, "dial failed", "n", i)
 	}
+	// The burst is over: the summary comes when the interval ends.
 	now = now.Add(10 * time.Second)
+	fire()
+	// One more, soon after the summary: it waits for the next one, alone.
+	now = now.Add(5 * time.Second)
 	w.Warn(log, "dial failed", "n", 100)
+	now = now.Add(5 * time.Second)
+	fire()
+	fire() // a late timer finds nothing to say
+	// After a quiet interval, the next event is logged at once.
+	now = now.Add(time.Minute)
+	w.Warn(log, "dial failed", "n", 101)
 	want := "level=WARN msg=\"dial failed\" n=0\n" +
-		"level=WARN msg=\"dial failed\" n=100 not_logged=99\n"
+		"level=WARN msg=\"dial failed\" n=99 not_logged=98\n" +
+		"level=WARN msg=\"dial failed\" n=100\n" +
+		"level=WARN msg=\"dial failed\" n=101\n"
 	if got := buf.String(); got != want {
 		t.Errorf("log =\n%s\nwant\n%s", got, want)
+	}
+	if want := []time.Duration{10 * time.Second, 5 * time.Second}; fmt.Sprint(scheduled) != fmt.Sprint(want) {
+		t.Errorf("summaries scheduled in %v, want %v", scheduled, want)
 	}
 }
 
