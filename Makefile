@@ -21,8 +21,15 @@ STATICCHECK := $(TOOLS)/staticcheck
 
 all: build
 
+# VERSION is what `ipipstack version` reports for `make build`: the nearest
+# tag, the commits since and the revision (git describe), "-dirty" with
+# uncommitted changes. -buildvcs=auto also records the revision and its time
+# (some environments set GOFLAGS=-buildvcs=false).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+LDFLAGS := $(if $(VERSION),-X github.com/ipipstack/ipipstack/internal/buildinfo.version=$(VERSION))
+
 build:
-	$(GO) build -o bin/ipipstack ./cmd/ipipstack
+	$(GO) build -buildvcs=auto -ldflags '$(LDFLAGS)' -o bin/ipipstack ./cmd/ipipstack
 
 ## demo: the main job on its embedded default (two stacks over loopback UDP).
 demo:
@@ -54,6 +61,7 @@ test: deps
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 	@echo "== the IPv4 forwarding tests that skip under -race, without it"
 	$(GO) test -count=1 -run '^(TestRouterTCPTransfer|TestPathMTUNarrowMiddle|TestForward[A-Za-z0-9]*)$$' ./stack/
+	$(GO) test -count=1 -run '^TestDiag(Ping|Traceroute)$$' ./daemon/
 
 ## bench: the benchmarks, COUNT runs each (for benchstat), then a table of
 ## medians with the ratios to the baselines (bench/out/TABLE.md) and a chart

@@ -51,11 +51,14 @@ import (
 
 // Defaults applied by Parse when an attribute is absent.
 const (
-	DefaultStatusListen       = "127.0.0.1:9100"
-	DefaultPathMTU            = 1500
-	DefaultEncapLimit         = 4 // RFC 2473 section 6.7 recommends 4; Linux ip6tnl uses it too.
-	DefaultMaxConnections     = 1024
-	DefaultUDPIdleTimeout     = 60 * time.Second
+	DefaultStatusListen   = "127.0.0.1:9100"
+	DefaultPathMTU        = 1500
+	DefaultEncapLimit     = 4 // RFC 2473 section 6.7 recommends 4; Linux ip6tnl uses it too.
+	DefaultMaxConnections = 1024
+	DefaultUDPIdleTimeout = 60 * time.Second
+	// DefaultDialTimeout bounds each dial of a forward, reverse forward
+	// or SOCKS5 CONNECT: a peer that is not running answers nothing.
+	DefaultDialTimeout        = 10 * time.Second
 	DefaultReassemblyTimeout  = 30 * time.Second // Linux net.ipv4.ipfrag_time
 	DefaultReassemblyMemory   = 4 << 20          // Linux net.ipv4.ipfrag_high_thresh
 	DefaultTUNName            = "ipip0"
@@ -569,6 +572,10 @@ type Forward struct {
 	// IdleTimeout closes a connection or UDP session idle this long.
 	// Default DefaultUDPIdleTimeout (60s) for UDP, 0 (never) for TCP.
 	IdleTimeout time.Duration
+	// DialTimeout bounds each dial of Target; a connection whose dial
+	// fails is closed (a UDP datagram dropped) and the failure logged.
+	// Default DefaultDialTimeout (10s).
+	DialTimeout time.Duration
 	// MaxConnections bounds concurrent connections or UDP sessions.
 	// Default DefaultMaxConnections (1024).
 	MaxConnections int
@@ -594,6 +601,10 @@ type Reverse struct {
 	// IdleTimeout closes a connection or UDP session idle this long.
 	// Default DefaultUDPIdleTimeout (60s) for UDP, 0 (never) for TCP.
 	IdleTimeout time.Duration
+	// DialTimeout bounds each dial of Target; a connection whose dial
+	// fails is closed (a UDP datagram dropped) and the failure logged.
+	// Default DefaultDialTimeout (10s).
+	DialTimeout time.Duration
 	// MaxConnections bounds concurrent connections or UDP sessions.
 	// Default DefaultMaxConnections (1024).
 	MaxConnections int
@@ -620,6 +631,10 @@ type SOCKS5 struct {
 	// MaxConnectionsPerClient bounds the concurrent connections of one
 	// client IP address. Default 0: a quarter of MaxConnections.
 	MaxConnectionsPerClient int
+	// DialTimeout bounds each CONNECT's dial (and name resolution);
+	// the client gets an error reply when it runs out. Default
+	// DefaultDialTimeout (10s).
+	DialTimeout time.Duration
 }
 
 // AuthRequired reports whether clients must authenticate.

@@ -69,6 +69,7 @@ func TestLoadTwoPeersA(t *testing.T) {
 			Listen:         netip.MustParseAddrPort("127.0.0.1:8080"),
 			Target:         netip.MustParseAddrPort("10.99.0.2:80"),
 			MaxConnections: 1024,
+			DialTimeout:    DefaultDialTimeout,
 		}, {
 			Name:           "echo",
 			Protocol:       UDP,
@@ -76,11 +77,13 @@ func TestLoadTwoPeersA(t *testing.T) {
 			Target:         netip.MustParseAddrPort("10.99.0.2:7"),
 			IdleTimeout:    30 * time.Second,
 			MaxConnections: 1024,
+			DialTimeout:    DefaultDialTimeout,
 		}},
 		SOCKS5: []SOCKS5{{
 			Name:           "proxy",
 			Listen:         netip.MustParseAddrPort("127.0.0.1:1080"),
 			MaxConnections: 1024,
+			DialTimeout:    DefaultDialTimeout,
 		}},
 	}
 	if diff := cmp.Diff(want, cfg, cmpOpts); diff != "" {

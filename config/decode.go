@@ -49,8 +49,8 @@ var (
 	impairSchema = &hcl.BodySchema{Attributes: attrs(
 		"loss", "reorder", "duplicate", "corrupt", "delay", "jitter", "rate", "seed")}
 	forwardSchema = &hcl.BodySchema{Attributes: attrs(
-		"protocol", "!listen", "!target", "idle_timeout", "max_connections", "max_sessions_per_source")}
-	socks5Schema = &hcl.BodySchema{Attributes: attrs("!listen", "username", "password", "max_connections", "max_connections_per_client")}
+		"protocol", "!listen", "!target", "idle_timeout", "dial_timeout", "max_connections", "max_sessions_per_source")}
+	socks5Schema = &hcl.BodySchema{Attributes: attrs("!listen", "username", "password", "max_connections", "max_connections_per_client", "dial_timeout")}
 	tunSchema    = &hcl.BodySchema{Attributes: attrs("name", "addresses", "routes", "mtu")}
 )
 
@@ -538,7 +538,7 @@ func (d *decoder) outerAddr(a *hcl.Attribute, tr Transport) (netip.AddrPort, boo
 // decodeForward decodes a forward or reverse block; they share a schema.
 func (d *decoder) decodeForward(b *hcl.Block) (Forward, hcl.Attributes) {
 	a := d.content(b, forwardSchema)
-	f := Forward{Name: b.Labels[0], MaxConnections: DefaultMaxConnections}
+	f := Forward{Name: b.Labels[0], MaxConnections: DefaultMaxConnections, DialTimeout: DefaultDialTimeout}
 	if i, ok := d.enum(a["protocol"], "tcp", "udp"); ok {
 		f.Protocol = Protocol(i)
 	}
@@ -561,6 +561,9 @@ func (d *decoder) decodeForward(b *hcl.Block) (Forward, hcl.Attributes) {
 	if v, ok := d.duration(a["idle_timeout"]); ok {
 		f.IdleTimeout = v
 	}
+	if v, ok := d.duration(a["dial_timeout"]); ok {
+		f.DialTimeout = v
+	}
 	if v, ok := d.integer(a["max_connections"], 1, maxConnectionsLimit, ""); ok {
 		f.MaxConnections = v
 	}
@@ -574,7 +577,7 @@ func (d *decoder) decodeForward(b *hcl.Block) (Forward, hcl.Attributes) {
 
 func (d *decoder) decodeSOCKS5(b *hcl.Block) (SOCKS5, hcl.Attributes) {
 	a := d.content(b, socks5Schema)
-	s := SOCKS5{Name: b.Labels[0], MaxConnections: DefaultMaxConnections}
+	s := SOCKS5{Name: b.Labels[0], MaxConnections: DefaultMaxConnections, DialTimeout: DefaultDialTimeout}
 	if ap, ok := d.hostAddrPort(a["listen"]); ok {
 		s.Listen = ap
 		if ap.Addr().IsMulticast() {
@@ -607,6 +610,9 @@ func (d *decoder) decodeSOCKS5(b *hcl.Block) (SOCKS5, hcl.Attributes) {
 	}
 	if v, ok := d.integer(a["max_connections_per_client"], 1, maxConnectionsLimit, ""); ok {
 		s.MaxConnectionsPerClient = v
+	}
+	if v, ok := d.duration(a["dial_timeout"]); ok {
+		s.DialTimeout = v
 	}
 	return s, a
 }

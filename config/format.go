@@ -132,6 +132,9 @@ func (c *Config) HCL() []byte {
 		if p.MaxConnectionsPerClient != 0 {
 			b.SetAttributeValue("max_connections_per_client", num(p.MaxConnectionsPerClient))
 		}
+		if p.DialTimeout != 0 {
+			b.SetAttributeValue("dial_timeout", dur(p.DialTimeout))
+		}
 	}
 	if t := c.TUN; t != nil {
 		root.AppendNewline()
@@ -154,6 +157,9 @@ func writeForward(b *hclwrite.Body, f Forward) {
 	b.SetAttributeValue("target", str(f.Target))
 	if f.IdleTimeout != 0 {
 		b.SetAttributeValue("idle_timeout", dur(f.IdleTimeout))
+	}
+	if f.DialTimeout != 0 {
+		b.SetAttributeValue("dial_timeout", dur(f.DialTimeout))
 	}
 	b.SetAttributeValue("max_connections", num(f.MaxConnections))
 	if f.MaxSessionsPerSource != 0 {

@@ -33,7 +33,9 @@
 // # Privileges
 //
 // UDP tunnels, forwards, SOCKS5 and the status server need no privileges.
-// Raw tunnels need CAP_NET_RAW and fail Start without it. A TUN device
+// Raw tunnels need CAP_NET_RAW and fail Start without it, with an error
+// that says how to grant it ([MissingCapabilities] finds this before
+// Start). A TUN device
 // needs CAP_NET_ADMIN; without it the daemon logs an error, reports the
 // device as down in its status and runs the other services.
 package daemon
@@ -101,6 +103,7 @@ type Daemon struct {
 	started time.Time
 
 	st       *stack.Stack
+	drops    *dropWatch // logs the tunnels' drops; nil before the stack is up
 	captures []*captureFile
 	services []*svc // in the order of Status.Services
 
@@ -113,6 +116,9 @@ type Daemon struct {
 	// reloadMu serializes Reload (reload.go), which replaces cfg and
 	// services under mu.
 	reloadMu sync.Mutex
+	// diagSlots bounds the diagnostics running at once (diag.go).
+	diagOnce  sync.Once
+	diagSlots chan struct{}
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
@@ -181,8 +187,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	}
 	d.st, err = stack.New(sc)
 	if err != nil {
-		return nil, fmt.Errorf("daemon: %w", err)
+		return nil, fmt.Errorf("daemon: %w", explainStartError(err))
 	}
+	d.drops = startDropWatch(d.st, log)
 	for _, ts := range d.st.Stats() {
 		t := d.tunnelConfig(ts.Name)
 		log.Info("tunnel ready", "tunnel", ts.Name, "transport", t.Transport.String(),
@@ -194,7 +201,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, er
 	for _, s := range newServices(cfg, d.st, log) {
 		if err := s.srv.Start(ctx); err != nil {
 			s.srv.Close()
-			return nil, fmt.Errorf("daemon: %s %q: %w", s.kind, s.name, err)
+			return nil, &serviceError{s.kind, s.name, err}
 		}
 		d.services = append(d.services, s)
 		args := []any{"kind", s.kind, "service", s.name, "protocol", s.proto, "listen", s.listenAddr()}
@@ -299,9 +306,9 @@ func (d *Daemon) StatusAddr() net.Addr {
 // Stack returns the daemon's stack.
 func (d *Daemon) Stack() *stack.Stack { return d.st }
 
-// Handler returns the status server's handler (/status, /metrics, /healthz
-// and /readyz), for
-// tests and for embedding it elsewhere.
+// Handler returns the status server's handler (/status, /metrics,
+// /healthz, /readyz, POST /reload, and the diagnostics POST /v1/ping and
+// /v1/traceroute of diag.go), for tests and for embedding it elsewhere.
 func (d *Daemon) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/status", d.serveStatus)
@@ -310,6 +317,7 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("/healthz", serveHealthz)
 	mux.HandleFunc("/readyz", d.serveReadyz)
 	mux.HandleFunc("/reload", d.serveReload)
+	d.diagRoutes(mux)
 	mux.HandleFunc("/", serveIndex)
 	return mux
 }
@@ -388,6 +396,7 @@ func (d *Daemon) closeAll(ctx context.Context) error {
 	}
 
 	d.stopPeers()
+	d.drops.close()
 	if d.st != nil {
 		if err := d.st.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("daemon: %w", err))

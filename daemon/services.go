@@ -64,12 +64,12 @@ func (s *svc) listenAddr() string {
 func newServices(cfg *config.Config, st *stack.Stack, log *slog.Logger) []*svc {
 	var out []*svc
 	for _, f := range cfg.Forwards {
-		out = append(out, withPerSource(newForward(KindForward, f.Name, f.Protocol, f.Listen.String(), f.Target.String(),
-			f.MaxConnections, f.IdleTimeout, service.Host{}, st, log), f.MaxSessionsPerSource))
+		out = append(out, withDialTimeout(withPerSource(newForward(KindForward, f.Name, f.Protocol, f.Listen.String(), f.Target.String(),
+			f.MaxConnections, f.IdleTimeout, service.Host{}, st, log), f.MaxSessionsPerSource), f.DialTimeout))
 	}
 	for _, r := range cfg.Reverses {
-		out = append(out, withPerSource(newForward(KindReverse, r.Name, r.Protocol, r.Listen.String(), r.Target.String(),
-			r.MaxConnections, r.IdleTimeout, st, service.Host{}, log), r.MaxSessionsPerSource))
+		out = append(out, withDialTimeout(withPerSource(newForward(KindReverse, r.Name, r.Protocol, r.Listen.String(), r.Target.String(),
+			r.MaxConnections, r.IdleTimeout, st, service.Host{}, log), r.MaxSessionsPerSource), r.DialTimeout))
 	}
 	for _, s := range cfg.SOCKS5 {
 		srv := &socks5.Server{
@@ -82,6 +82,8 @@ func newServices(cfg *config.Config, st *stack.Stack, log *slog.Logger) []*svc {
 			Logger:        log.With("socks5", s.Name),
 			// 0 (unset) keeps the server's default, a quarter of MaxConns.
 			MaxConnsPerClient: s.MaxConnectionsPerClient,
+			// 0 (a config not from Parse) keeps the server's default.
+			DialTimeout: s.DialTimeout,
 		}
 		out = append(out, &svc{
 			name: s.Name, kind: KindSOCKS5, proto: "tcp", listen: srv.Listen, srv: srv,
@@ -161,6 +163,18 @@ func newForward(kind, name string, proto config.Protocol, listen, target string,
 func withPerSource(s *svc, n int) *svc {
 	if f, ok := s.srv.(*forward.UDP); ok {
 		f.MaxSessionsPerSource = n
+	}
+	return s
+}
+
+// withDialTimeout sets the DialTimeout of the forward s (0 keeps the
+// forward's default, DefaultDialTimeout).
+func withDialTimeout(s *svc, d time.Duration) *svc {
+	switch f := s.srv.(type) {
+	case *forward.TCP:
+		f.DialTimeout = d
+	case *forward.UDP:
+		f.DialTimeout = d
 	}
 	return s
 }

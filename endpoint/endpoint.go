@@ -664,7 +664,7 @@ func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtoc
 	if src != *remote {
 		if !(e.anySourcePort && src.Addr() == remote.Addr()) {
 			if !e.roaming {
-				e.stats.drop(encap.WrongPeer)
+				e.stats.dropAt(encap.WrongPeer, src, netip.Addr{}, netip.Addr{})
 				return nil, 0, false, false
 			}
 			newPeer = true
@@ -672,19 +672,19 @@ func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtoc
 	}
 	p, inner, r := encap.ValidateInner(inner, proto)
 	if r != encap.OK {
-		e.stats.drop(r)
+		e.stats.dropAt(r, src, netip.Addr{}, netip.Addr{})
 		return nil, 0, false, false
 	}
 	if encap.IsMartianSource(p.Src) || encap.IsMartianDestination(p.Dst) {
-		e.stats.drop(encap.Martian)
+		e.stats.dropAt(encap.Martian, src, p.Src, p.Dst)
 		return nil, 0, false, false
 	}
 	if p.Dst == e.local || encap.NestingDepth(inner, e.isOurs, e.localPort, e.maxNesting) > e.maxNesting {
-		e.stats.drop(encap.Recursion)
+		e.stats.dropAt(encap.Recursion, src, p.Src, p.Dst)
 		return nil, 0, false, false
 	}
 	if allowed := e.allowed.Load(); allowed != nil && !contains(*allowed, p.Src) {
-		e.stats.drop(encap.SpoofedSource)
+		e.stats.dropAt(encap.SpoofedSource, src, p.Src, p.Dst)
 		return nil, 0, false, false
 	}
 	if verified, ok = e.checkInner(m, inner, p); !ok {

@@ -2,6 +2,7 @@ package endpoint
 
 import (
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,9 +23,74 @@ type counters struct {
 	roamsRefused       atomic.Uint64
 	drops              [encap.NumReasons]atomic.Uint64
 	lastSeen           atomic.Int64 // unix nanoseconds of the last datagram read
+	firsts             firstDrops
 }
 
-func (c *counters) drop(r encap.Reason) { c.drops[r].Add(1) }
+func (c *counters) drop(r encap.Reason) {
+	c.drops[r].Add(1)
+	if !c.firsts.seen[r].Load() {
+		c.firsts.record(DropSample{Reason: r})
+	}
+}
+
+// dropAt is drop for a received packet whose addresses are known: the
+// outer source and, once the inner header was parsed, the inner ones.
+func (c *counters) dropAt(r encap.Reason, outer netip.AddrPort, src, dst netip.Addr) {
+	c.drops[r].Add(1)
+	if !c.firsts.seen[r].Load() {
+		c.firsts.record(DropSample{Reason: r, Outer: outer, InnerSrc: src, InnerDst: dst})
+	}
+}
+
+// DropSample is the first packet an endpoint dropped for one reason: when,
+// and the addresses involved as far as they were known. It is what a user
+// needs to see to fix a configuration (an inner address the peer's file
+// has wrong, a peer sending from another outer address).
+type DropSample struct {
+	Reason encap.Reason
+	Time   time.Time
+	// Outer is the outer source of a received packet; zero for a drop
+	// on send or one not tied to a datagram.
+	Outer netip.AddrPort
+	// InnerSrc and InnerDst are the inner packet's addresses; zero if the
+	// drop came before the inner header was parsed.
+	InnerSrc, InnerDst netip.Addr
+}
+
+// firstDrops keeps the first DropSample of each reason. On the data path
+// it costs one atomic load per drop; the lock is taken once per reason.
+type firstDrops struct {
+	seen [encap.NumReasons]atomic.Bool
+	mu   sync.Mutex
+	// first is guarded by mu; an entry is valid once its Time is set.
+	first [encap.NumReasons]DropSample
+}
+
+func (f *firstDrops) record(s DropSample) {
+	if !f.seen[s.Reason].CompareAndSwap(false, true) {
+		return
+	}
+	s.Time = time.Now()
+	f.mu.Lock()
+	f.first[s.Reason] = s
+	f.mu.Unlock()
+}
+
+// FirstDrops returns the first drop of each reason that has occurred, in
+// reason order. It is for the operator (the daemon logs each once, with
+// its addresses), not for the data path.
+func (e *Endpoint) FirstDrops() []DropSample {
+	f := &e.stats.firsts
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []DropSample
+	for _, s := range f.first {
+		if !s.Time.IsZero() {
+			out = append(out, s)
+		}
+	}
+	return out
+}
 
 // Stats is a snapshot of an Endpoint's counters. Packets and bytes count
 // inner packets; a datagram dropped on receive is counted only under its

@@ -41,6 +41,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/raw"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 )
@@ -302,6 +303,9 @@ func New(cfg Config) (_ *Stack, err error) {
 		NetworkProtocols:   []gvstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []gvstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		HandleLocal:        true,
+		// Raw ICMP endpoints, for Traceroute to read Time Exceeded; only
+		// code in this process can open one.
+		RawFactory: raw.EndpointFactory{},
 	})
 	s := &Stack{gv: gv, log: log, forwarding: cfg.Forwarding, keepalive: cfg.TCP.Keepalive}
 	// handed counts the tunnels given to addTunnel, which closes their

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/ipipstack/ipipstack/config"
+	"github.com/ipipstack/ipipstack/daemon"
 )
 
 var checkCmd = &command{
@@ -20,6 +21,10 @@ var checkCmd = &command{
 Problems are printed on stderr as file:line:col with the offending text
 underlined; warnings do not make the file invalid. A valid file prints
 "FILE: OK" and a one-line summary on stdout.
+
+Check also warns (on stderr, still exit 0) about the capabilities the file
+needs that this process lacks: CAP_NET_RAW for a raw tunnel, CAP_NET_ADMIN
+for a TUN device. Run it as the user that will run the daemon.
 
 Exit status: 0 valid, 2 invalid (or unreadable).`,
 	flags: `  -c, --config FILE
@@ -46,9 +51,16 @@ func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
+	for _, m := range daemon.MissingCapabilities(cfg, haveCapability) {
+		fmt.Fprintf(stderr, "%s: warning: %s, which needs %s, and this process lacks it: %s\n", file, m.Why, m.Name, m.Hint)
+	}
 	fmt.Fprintf(stdout, "%s: OK\n%s\n", file, summary(cfg))
 	return ExitOK
 }
+
+// haveCapability tells check which capabilities the process has; nil
+// asks the process itself. Tests replace it.
+var haveCapability func(bit int) bool
 
 // loadConfig loads file and prints its diagnostics on stderr. It returns
 // nil and ExitUsage if the file is invalid.

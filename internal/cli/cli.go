@@ -76,10 +76,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	name, rest := args[0], args[1:]
 	switch name {
 	case "-h", "-help", "--help", "help":
-		if name == "help" && len(rest) > 0 {
+		if name == "help" && len(rest) > 0 && !isHelpFlag(rest[0]) {
 			c := lookup(rest[0])
 			if c == nil {
-				fmt.Fprintf(stderr, "ipipstack help: unknown command %q\n\n", rest[0])
+				fmt.Fprintf(stderr, "ipipstack help: unknown command %q%s\n\n", rest[0], commandHint(rest[0]))
 				writeTopHelp(stderr)
 				return ExitUsage
 			}
@@ -96,7 +96,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if strings.HasPrefix(name, "-") {
 			fmt.Fprintf(stderr, "ipipstack: unknown flag %s (flags go after the command)\n\n", name)
 		} else {
-			fmt.Fprintf(stderr, "ipipstack: unknown command %q\n\n", name)
+			fmt.Fprintf(stderr, "ipipstack: unknown command %q%s\n\n", name, commandHint(name))
 		}
 		writeTopHelp(stderr)
 		return ExitUsage
@@ -107,14 +107,15 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func writeTopHelp(w io.Writer) {
 	fmt.Fprintf(w, "%s\n\nUsage: ipipstack <command> [flags]\n\nCommands:\n", topDoc)
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(w, "  %-8s %s\n", "help", "show the help of a command (or --help after it)")
+	fmt.Fprintf(w, "  %-10s %s\n", "help", "show the help of a command (or --help after it)")
 	fmt.Fprintf(w, "\nRun 'ipipstack <command> --help' for its flags.\n\n%s\n\n", exitDoc)
 	fmt.Fprint(w, `Examples:
   ipipstack check -c examples/two-peers-a.hcl
   ipipstack run -c examples/two-peers-a.hcl --log-level debug
   ipipstack status --addr 127.0.0.1:9100
+  ipipstack ping -c examples/two-peers-a.hcl 10.99.0.2
 `)
 }
 
@@ -140,11 +141,24 @@ func parseFlags(c *command, fs *flag.FlagSet, args []string, stdout, stderr io.W
 		writeHelp(stdout, c)
 		return false, ExitOK
 	case err != nil:
-		return false, usageError(c, stderr, "%v", err)
+		return false, usageError(c, stderr, "%v%s", err, flagHint(fs, err))
 	case fs.NArg() > 0:
-		return false, usageError(c, stderr, "unexpected argument %q", fs.Arg(0))
+		return false, usageError(c, stderr, "unexpected argument %q%s", fs.Arg(0), argHint(c, fs, fs.Arg(0)))
 	}
 	return true, 0
+}
+
+// isHelpFlag reports whether arg asks for help.
+func isHelpFlag(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help"
+}
+
+// commandHint is ": did you mean "x"?" for a mistyped command, or "".
+func commandHint(name string) string {
+	if s := suggest(name, commandNames()); s != "" {
+		return fmt.Sprintf(": did you mean %q?", s)
+	}
+	return ""
 }
 
 // usageError prints a usage problem and the command's usage on stderr and

@@ -98,12 +98,14 @@ func TestExitCodes(t *testing.T) {
 // and every command's help has a usage line, a description and an example.
 func TestHelpListsFlags(t *testing.T) {
 	accepted := map[string][]string{
-		"run":     {"-c", "--config", "--log-format", "--log-level", "--drain-timeout"},
-		"check":   {"-c", "--config"},
-		"status":  {"-c", "--config", "--addr", "--json", "--timeout"},
-		"reload":  {"-c", "--config", "--pid", "--timeout"},
-		"version": nil,
-		"demo":    {"--size"},
+		"run":        {"-c", "--config", "--log-format", "--log-level", "--drain-timeout"},
+		"check":      {"-c", "--config"},
+		"status":     {"-c", "--config", "--addr", "--json", "--timeout"},
+		"reload":     {"-c", "--config", "--pid", "--timeout"},
+		"version":    nil,
+		"demo":       {"--size"},
+		"ping":       {"-c", "--config", "--addr", "--count", "--interval", "--timeout"},
+		"traceroute": {"-c", "--config", "--addr", "--max-hops", "--wait"},
 	}
 	for _, c := range commands {
 		var b bytes.Buffer
@@ -263,8 +265,8 @@ func TestStatusTable(t *testing.T) {
 	for _, want := range []string{
 		"ipipstack v1.2.3, running, up 1h2m5s",
 		"peer1   udp        127.0.0.1:4700  127.0.0.1:4701  1472  10       3.0MiB    20       512B      3      2s ago",
-		"drops on peer1: spoofed_source=1 wrong_peer=2\n",
-		"web      forward  tcp    127.0.0.1:8080  10.99.0.2:80  2       7      0         0B         1.5KiB",
+		"drops on peer1: wrong_peer=2 spoofed_source=1\n",
+		"web      forward  tcp    127.0.0.1:8080  10.99.0.2:80  2       7      0         0          0B         1.5KiB",
 		"TUN ipip0 (mtu 1472): down: creating a TUN device needs CAP_NET_ADMIN",
 	} {
 		if !strings.Contains(b.String(), want) {

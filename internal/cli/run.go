@@ -37,7 +37,13 @@ at warn level with their file:line:col.
 
 A TUN device that cannot be created (it needs CAP_NET_ADMIN, or root) is
 logged as an error and the other services keep running; it does not change
-the exit status. Logs go to stderr.
+the exit status. Logs go to stderr; in JSON, durations are strings ("1.5s").
+
+At the default level (info) the log warns, each at most every 10 s per
+service or once a minute per tunnel with a count of the rest: a failed dial
+of a forward's or reverse forward's target or of a SOCKS5 CONNECT (service,
+target, reason), and the first packet a tunnel drops for each reason (outer
+and inner addresses, with a hint).
 
 Exit status: 0 after a clean shutdown, 1 if something failed to start or
 stop, 2 if FILE is invalid.`,
@@ -187,7 +193,18 @@ func ptr[T any](v T) *T { return &v }
 func newLogger(w io.Writer, c config.Log) *slog.Logger {
 	ho := &slog.HandlerOptions{Level: c.Level.SlogLevel()}
 	if c.Format == config.LogJSON {
+		ho.ReplaceAttr = durationString
 		return slog.New(slog.NewJSONHandler(w, ho))
 	}
 	return slog.New(slog.NewTextHandler(w, ho))
+}
+
+// durationString writes a time.Duration as its string ("1.5s") instead of
+// slog's JSON default, an integer of nanoseconds no reader can take in at
+// a glance; the text format already does so.
+func durationString(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }

@@ -25,8 +25,9 @@ var statusCmd = &command{
 	summary: "show the tunnels and services of a running process",
 	usage:   "ipipstack status [-c FILE | --addr HOST:PORT] [--json] [--timeout 5s]",
 	doc: `Fetch /status from the status server of a running ipipstack and print its
-tunnels (outer addresses, MTU, packet and byte counters, drops, when the peer
-was last heard from) and services (open and total connections, bytes).
+tunnels (outer addresses, MTU, packet and byte counters, drops with their
+leading reasons, when the peer was last heard from) and services (open and
+total connections, refusals, failed dials of the target, bytes).
 
 The server is the status block's listen address of FILE, or --addr, or
 ` + config.DefaultStatusListen + ` if neither is given.
@@ -178,27 +179,20 @@ func writeStatus(w io.Writer, st *daemon.Status, now time.Time) {
 		if t.DropsTotal == 0 {
 			continue
 		}
-		reasons := make([]string, 0, len(t.Drops))
-		for r, n := range t.Drops {
-			if n > 0 {
-				reasons = append(reasons, r+"="+strconv.FormatUint(n, 10))
-			}
-		}
-		sort.Strings(reasons)
-		fmt.Fprintf(w, "  drops on %s: %s\n", t.Name, strings.Join(reasons, " "))
+		fmt.Fprintf(w, "  drops on %s: %s\n", t.Name, leadingDrops(t.Drops))
 	}
 
 	if len(st.Services) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "SERVICE\tKIND\tPROTO\tLISTEN\tTARGET\tACTIVE\tTOTAL\tREJECTED\tTO TARGET\tFROM TARGET")
+		fmt.Fprintln(tw, "SERVICE\tKIND\tPROTO\tLISTEN\tTARGET\tACTIVE\tTOTAL\tREJECTED\tDIAL FAIL\tTO TARGET\tFROM TARGET")
 		for _, s := range st.Services {
 			target := s.Target
 			if target == "" {
 				target = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", s.Name, s.Kind, s.Protocol, s.Listen, target,
-				s.Active, s.Total, s.Rejected, size(s.BytesToTarget), size(s.BytesFromTarget))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", s.Name, s.Kind, s.Protocol, s.Listen, target,
+				s.Active, s.Total, s.Rejected, s.DialFailures, size(s.BytesToTarget), size(s.BytesFromTarget))
 		}
 		tw.Flush()
 	}
@@ -212,6 +206,39 @@ func writeStatus(w io.Writer, st *daemon.Status, now time.Time) {
 		}
 		fmt.Fprintf(w, "\nTUN %s (mtu %d): %s\n", st.TUN.Name, st.TUN.MTU, state)
 	}
+}
+
+// leadingDropReasons is how many drop reasons a tunnel's line names.
+const leadingDropReasons = 3
+
+// leadingDrops formats the non-zero drops by reason, most frequent first
+// (then by name), naming the first leadingDropReasons and summing up the
+// rest.
+func leadingDrops(drops map[string]uint64) string {
+	reasons := make([]string, 0, len(drops))
+	for r, n := range drops {
+		if n > 0 {
+			reasons = append(reasons, r)
+		}
+	}
+	sort.Slice(reasons, func(i, j int) bool {
+		if a, b := drops[reasons[i]], drops[reasons[j]]; a != b {
+			return a > b
+		}
+		return reasons[i] < reasons[j]
+	})
+	var parts []string
+	for _, r := range reasons[:min(len(reasons), leadingDropReasons)] {
+		parts = append(parts, r+"="+strconv.FormatUint(drops[r], 10))
+	}
+	if rest := reasons[min(len(reasons), leadingDropReasons):]; len(rest) > 0 {
+		var n uint64
+		for _, r := range rest {
+			n += drops[r]
+		}
+		parts = append(parts, fmt.Sprintf("(and %d more of %s)", n, plural(len(rest), "other reason")))
+	}
+	return strings.Join(parts, " ")
 }
 
 // size formats a byte count with a binary unit.

@@ -13,9 +13,14 @@ var versionCmd = &command{
 	name:    "version",
 	summary: "print the version, Go version and gVisor version",
 	usage:   "ipipstack version",
-	doc: `Print the module version of this binary ("(devel)" for a build from a work
-tree), the VCS revision if the build recorded one, the Go toolchain that
-built it and the gVisor version it contains.`,
+	doc: `Print the version of this binary, the VCS revision and its time if the
+build recorded them, the Go toolchain that built it and the gVisor version
+it contains.
+
+The version is the one 'make build' stamped (git describe), else the
+module version of 'go install github.com/ipipstack/ipipstack/cmd/ipipstack@VERSION',
+else "devel-" and the VCS revision ("-modified" with uncommitted changes)
+of a 'go build' in a checkout, else "(devel)".`,
 	example: `  ipipstack version
 `,
 }
@@ -31,6 +36,13 @@ func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int 
 	fmt.Fprintf(stdout, "ipipstack %s\n", bi.Version)
 	if bi.Revision != "" {
 		fmt.Fprintf(stdout, "revision  %s\n", bi.Revision)
+	}
+	if bi.Time != "" {
+		modified := ""
+		if bi.Modified {
+			modified = " (modified)"
+		}
+		fmt.Fprintf(stdout, "time      %s%s\n", bi.Time, modified)
 	}
 	fmt.Fprintf(stdout, "go        %s\ngvisor    %s\n", bi.GoVersion, bi.GVisor)
 	return ExitOK

@@ -72,10 +72,13 @@ type TCP struct {
 	// IdleTimeout closes a connection on which nothing was read in either
 	// direction for this long. Zero means never.
 	IdleTimeout time.Duration
-	// Logger receives connection errors at Debug and accept errors at
-	// Warn (at most one every 10 s; see service.AcceptErrors). Nil
+	// Logger receives connection errors at Debug, and dial failures and
+	// accept errors at Warn (each at most one every 10 s, with the number
+	// not logged; see service.WarnLimiter and service.AcceptErrors). Nil
 	// discards them.
 	Logger *slog.Logger
+
+	dialWarn service.WarnLimiter
 
 	accepted, rejected, dialFailures, idleClosed atomic.Uint64
 	active                                       atomic.Int64
@@ -285,7 +288,9 @@ func (f *TCP) serve(c net.Conn) {
 	cancel()
 	if err != nil {
 		f.dialFailures.Add(1)
-		f.log.Debug("dial failed", "client", c.RemoteAddr(), "target", f.Target, "err", err)
+		f.dialWarn.Warn(f.log, "dial failed; closing the client's connection", "target", f.Target,
+			"reason", service.DialFailureReason(err), "dial_timeout", timeout, "client", c.RemoteAddr(),
+			"err", err, "dial_failures_total", f.dialFailures.Load())
 		c.Close()
 		return
 	}

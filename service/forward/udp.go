@@ -61,10 +61,13 @@ type UDP struct {
 	// DialTimeout bounds the dial that opens a session. Zero means
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
-	// Logger receives session errors at Debug, and read errors and
+	// Logger receives session errors at Debug, and read errors, dial
+	// failures (at most one every 10 s, with the number not logged) and
 	// refusals by MaxSessionsPerSource at Warn (the latter rate limited:
 	// the first of each source, then once a minute). Nil discards them.
 	Logger *slog.Logger
+
+	dialWarn service.WarnLimiter
 
 	created, expired, rejected, dialFailures, dropped atomic.Uint64
 	rejectedPerSource                                 atomic.Uint64
@@ -296,7 +299,9 @@ func (f *UDP) session(pc net.PacketConn, client net.Addr) *udpSession {
 	if err != nil {
 		f.releaseSource(ip)
 		f.dialFailures.Add(1)
-		f.log.Debug("dial failed", "client", client, "target", f.Target, "err", err)
+		f.dialWarn.Warn(f.log, "dial failed; dropping the client's datagram", "target", f.Target,
+			"reason", service.DialFailureReason(err), "dial_timeout", timeout, "client", client,
+			"err", err, "dial_failures_total", f.dialFailures.Load())
 		return nil
 	}
 	s = &udpSession{key: key, client: client, ip: ip, conn: conn}

@@ -135,7 +135,8 @@ type Server struct {
 	// on the host (see the package doc: the tunnel has no DNS).
 	Resolve func(ctx context.Context, name string) ([]netip.Addr, error)
 	// Logger receives per-client failures at Debug, and at Warn accept
-	// errors (at most one every 10 s; see service.AcceptErrors),
+	// errors and failed CONNECTs (each at most one every 10 s; see
+	// service.AcceptErrors and service.WarnLimiter),
 	// authentication failures and refusals by MaxConnsPerClient or the
 	// authentication throttle; the Warn lines about clients are rate
 	// limited (service.LogLimiter) and say how many went unlogged. Nil
@@ -148,7 +149,8 @@ type Server struct {
 	perClient service.PerAddr // connections held by each client IP
 	// Rate limits of the Warn lines about clients.
 	limitLog, authLog, lockLog service.LogLimiter[netip.Addr]
-	throttle                   *authThrottle // nil if off; set by init
+	connectWarn                service.WarnLimiter // of failed CONNECTs
+	throttle                   *authThrottle       // nil if off; set by init
 
 	// initOnce sets up ctx, cancel, log and conns, on first use.
 	initOnce sync.Once
@@ -684,7 +686,8 @@ func (s *Server) connect(c net.Conn, dst Addr, log *slog.Logger) {
 	if err != nil {
 		s.stats.connectFailures.Add(1)
 		rep := replyFor(err)
-		log.Debug("connect failed", "err", err, "reply", rep)
+		s.connectWarn.Warn(log, "CONNECT failed; replied with an error", "reason", service.DialFailureReason(err),
+			"dial_timeout", s.dialTimeout(), "err", err, "reply", rep, "connect_failures_total", s.stats.connectFailures.Load())
 		s.reply(c, rep, Addr{})
 		s.lingerClose(c)
 		return
