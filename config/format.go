@@ -122,6 +122,7 @@ func (c *Config) HCL() []byte {
 			b.SetAttributeValue("max_connections_per_client", num(p.MaxConnectionsPerClient))
 		}
 	}
+	writeHTTPProxies(root, c) // httpproxy.go
 	if t := c.TUN; t != nil {
 		root.AppendNewline()
 		b = root.AppendNewBlock("tun", nil).Body()
