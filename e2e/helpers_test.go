@@ -236,6 +236,7 @@ type peers struct {
 	statusA, statusB, web, echo, socks int
 	blob                               []byte // served at /blob by the host HTTP server
 	cfgA                               string // path of A's file
+	httpProxy                          int    // A's http_proxy "web"
 }
 
 // peerOptions tune startPeers.
@@ -252,6 +253,7 @@ func startPeers(t *testing.T, o peerOptions) *peers {
 	p := &peers{
 		statusA: freePort(t, "tcp"), statusB: freePort(t, "tcp"),
 		web: freePort(t, "tcp"), echo: freePort(t, "udp"), socks: freePort(t, "tcp"),
+		httpProxy: freePort(t, "tcp"),
 	}
 	tunA, tunB := freePort(t, "udp"), freePort(t, "udp")
 	p.blob = make([]byte, o.blobSize)
@@ -263,6 +265,7 @@ func startPeers(t *testing.T, o peerOptions) *peers {
 	a := example(t, "two-peers-a.hcl", map[string]string{
 		"127.0.0.1:4700": addr(tunA), "127.0.0.1:4701": addr(tunB), "127.0.0.1:9100": addr(p.statusA),
 		"127.0.0.1:8080": addr(p.web), "127.0.0.1:7000": addr(p.echo), "127.0.0.1:1080": addr(p.socks),
+		"127.0.0.1:3128": addr(p.httpProxy),
 	})
 	if o.editA != nil {
 		a = o.editA(a)
