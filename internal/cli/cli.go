@@ -36,7 +36,7 @@ type command struct {
 var commands []*command
 
 func init() {
-	commands = []*command{runCmd, checkCmd, statusCmd, versionCmd, demoCmd}
+	commands = []*command{runCmd, checkCmd, statusCmd, versionCmd, demoCmd, ncCmd}
 }
 
 func lookup(name string) *command {

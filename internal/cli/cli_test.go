@@ -103,6 +103,7 @@ func TestHelpListsFlags(t *testing.T) {
 		"status":  {"-c", "--config", "--addr", "--json", "--timeout"},
 		"version": nil,
 		"demo":    {"--size"},
+		"nc":      {"-c", "--config", "--socks5", "--timeout"},
 	}
 	for _, c := range commands {
 		var b bytes.Buffer
