@@ -31,6 +31,10 @@
 // Proxy-Authenticate. Requests that are neither CONNECT nor absolute-URI
 // http:// requests get 400.
 //
+// Each plain request gets its own connection to the target, closed once
+// the response is relayed; keep-alive applies between the client and the
+// proxy only.
+//
 // Hop-by-hop headers (RFC 9110 §7.6.1: Connection and the fields it names,
 // Proxy-Connection, Keep-Alive, Proxy-Authenticate, Proxy-Authorization, TE,
 // Trailer, Transfer-Encoding, Upgrade) are removed from forwarded requests
@@ -54,6 +58,7 @@
 package httpproxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -218,8 +223,11 @@ func (s *Server) init() {
 			Proxy:                 nil, // never a proxy behind the proxy
 			DialContext:           s.dialTarget,
 			ResponseHeaderTimeout: orDefault(s.ResponseHeaderTimeout, DefaultResponseHeaderTimeout),
-			IdleConnTimeout:       90 * time.Second,
-			MaxIdleConnsPerHost:   8,
+			// One connection to the target per request, closed when its
+			// response is done: an idle pool would hold connections (and
+			// the slots of the target's side, such as a peer's reverse
+			// forward) after the client has gone, and past a shutdown.
+			DisableKeepAlives: true,
 			// The client asked for the encoding it wants; pass the
 			// response through as it comes.
 			DisableCompression: true,
@@ -591,6 +599,9 @@ func (s *Server) dialTarget(ctx context.Context, _, address string) (net.Conn, e
 	if err != nil {
 		return nil, &dialError{addr: address, err: err}
 	}
+	if sn, ok := ctx.Value(snifferKey{}).(*headerSniffer); ok {
+		c = &sniffConn{Conn: c, s: sn}
+	}
 	return c, nil
 }
 
@@ -756,6 +767,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, log *slog.Logge
 		// add its own.
 		out.Header.Set("User-Agent", "")
 	}
+	// net/http deletes a response's Connection field when it says
+	// "close", and with it the names of the other hop-by-hop fields it
+	// lists; the sniffer keeps the raw header to find them.
+	sn := &headerSniffer{}
+	out = out.WithContext(context.WithValue(out.Context(), snifferKey{}, sn))
 	resp, err := s.transport.RoundTrip(out)
 	if err != nil {
 		var de *dialError
@@ -771,6 +787,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, log *slog.Logge
 	}
 	defer resp.Body.Close()
 	s.stats.requests.Add(1)
+	for _, name := range sn.connectionTokens() {
+		resp.Header.Del(name)
+	}
 	removeHopHeaders(resp.Header)
 	h := w.Header()
 	for k, vv := range resp.Header {
@@ -821,3 +840,65 @@ func (c *countReader) Read(p []byte) (int, error) {
 }
 
 func (c *countReader) Close() error { return c.r.Close() }
+
+// snifferKey is the context key of a request's *headerSniffer.
+type snifferKey struct{}
+
+// headerSniffer keeps the first header block read from a target's
+// connection (up to DefaultMaxHeaderBytes).
+type headerSniffer struct {
+	mu sync.Mutex
+	// The fields below are guarded by mu.
+	buf  []byte
+	done bool
+}
+
+func (h *headerSniffer) record(p []byte) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.done {
+		return
+	}
+	from := max(0, len(h.buf)-3)
+	h.buf = append(h.buf, p...)
+	if i := bytes.Index(h.buf[from:], []byte("\r\n\r\n")); i >= 0 {
+		h.buf, h.done = h.buf[:from+i+2], true
+	} else if len(h.buf) > DefaultMaxHeaderBytes {
+		h.buf, h.done = nil, true
+	}
+}
+
+// connectionTokens returns the field names listed in the Connection
+// fields of the recorded header.
+func (h *headerSniffer) connectionTokens() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	lines := strings.Split(string(h.buf), "\r\n")
+	for _, l := range lines[min(1, len(lines)):] { // after the status line
+		k, v, ok := strings.Cut(l, ":")
+		if !ok || !strings.EqualFold(strings.TrimSpace(k), "Connection") {
+			continue
+		}
+		for _, tok := range strings.Split(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" && !strings.EqualFold(tok, "close") {
+				out = append(out, tok)
+			}
+		}
+	}
+	return out
+}
+
+// sniffConn shows what it reads to a headerSniffer.
+type sniffConn struct {
+	net.Conn
+	s *headerSniffer
+}
+
+func (c *sniffConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.s.record(p[:n])
+	}
+	return n, err
+}
