@@ -244,6 +244,7 @@ type peerOptions struct {
 	blobSize int
 	editA    func(string) string // rewrites A's file
 	argsA    []string            // extra flags for A's run
+	webB     string              // target of B's reverse "web"; default the host HTTP server
 }
 
 // startPeers starts the host services, then B and A, and waits until both
@@ -260,6 +261,9 @@ func startPeers(t *testing.T, o peerOptions) *peers {
 	r := rand.NewChaCha8([32]byte{'i', 'p', 'i', 'p'})
 	r.Read(p.blob)
 	httpAddr := hostHTTP(t, p.blob)
+	if o.webB != "" {
+		httpAddr = o.webB
+	}
 	udpAddr := servicetest.UDPEcho(t).String()
 
 	a := example(t, "two-peers-a.hcl", map[string]string{
