@@ -81,6 +81,11 @@ func TestLoadTwoPeersA(t *testing.T) {
 			Listen:         netip.MustParseAddrPort("127.0.0.1:1080"),
 			MaxConnections: 1024,
 		}},
+		HTTPProxies: []HTTPProxy{{
+			Name:           "web",
+			Listen:         netip.MustParseAddrPort("127.0.0.1:3128"),
+			MaxConnections: 1024,
+		}},
 	}
 	if diff := cmp.Diff(want, cfg, cmpOpts); diff != "" {
 		t.Errorf("Load(two-peers-a.hcl) mismatch (-want +got):\n%s", diff)
