@@ -7,13 +7,16 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,6 +40,11 @@ func (r *recorder) DialContext(ctx context.Context, network, address string) (ne
 	if r.block {
 		<-ctx.Done()
 		return nil, &net.OpError{Op: "dial", Net: network, Err: ctx.Err()}
+	}
+	// Like the tunnel stack without DNS: no test may ask the host's
+	// resolver.
+	if host, _, _ := net.SplitHostPort(address); net.ParseIP(host) == nil {
+		return nil, fmt.Errorf("recorder: %q is not an IP address; no DNS here", host)
 	}
 	return r.Host.DialContext(ctx, network, address)
 }
@@ -497,5 +505,80 @@ func TestForwardResponseHopHeaders(t *testing.T) {
 	}
 	if resp.Header.Get("X-Kept") != "end-to-end" {
 		t.Errorf("response header = %v, want X-Kept kept", resp.Header)
+	}
+}
+
+// TestNamesPassThrough: host names in CONNECT and in URLs reach the
+// Network as they are, unresolved, and its refusal is a 502 that says
+// why.
+func TestNamesPassThrough(t *testing.T) {
+	s, rec := startServer(t, nil)
+	_, _, resp := connectRaw(t, s, "web.test:8443", "")
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(b), "no DNS here") {
+		t.Errorf("CONNECT web.test:8443 = %s %q, want 502 with the Network's error", resp.Status, b)
+	}
+	resp, err := client(t, s, "", "").Get("http://db.test/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("GET http://db.test/x = %s, want 502", resp.Status)
+	}
+	if d := rec.Dials(); fmt.Sprint(d) != "[tcp web.test:8443 tcp db.test:80]" {
+		t.Errorf("dials = %q, want the names as given, with the network left to the Network", d)
+	}
+}
+
+// flakyListener fails its first fails accepts with err.
+type flakyListener struct {
+	net.Listener
+	fails int
+	err   error
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.fails > 0 {
+		l.fails--
+		return nil, l.err
+	}
+	return l.Listener.Accept()
+}
+
+// TestAcceptBackoff: accepts failing with EMFILE are counted, logged once
+// and retried, and the server then serves.
+func TestAcceptBackoff(t *testing.T) {
+	inner, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs servicetest.LogBuffer
+	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	s := &Server{Network: &recorder{}, Logger: logs.Logger()}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(&flakyListener{Listener: inner, fails: 4, err: emfile}) }()
+	defer func() {
+		s.Close()
+		if err := <-done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve = %v, want ErrServerClosed", err)
+		}
+	}()
+	c, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("after 4 failed accepts: %v, %v; want the 400 of a served request", resp, err)
+	}
+	if st := s.Stats(); st.AcceptErrors != 4 {
+		t.Errorf("AcceptErrors = %d, want 4", st.AcceptErrors)
+	}
+	if n := len(logs.Lines("WARN", "accept failed")); n != 1 {
+		t.Errorf("%d accept warnings for a burst of 4, want 1", n)
 	}
 }
