@@ -102,6 +102,9 @@ type Config struct {
 	// SOCKS5 are SOCKS5 proxies on the host that dial inside the stack, in
 	// file order. Default: none.
 	SOCKS5 []SOCKS5
+	// HTTPProxies are HTTP proxies on the host that dial inside the stack,
+	// in file order. Default: none.
+	HTTPProxies []HTTPProxy
 	// TUN is the host TUN device bridged into the stack. nil (the default)
 	// means no TUN device.
 	TUN *TUN

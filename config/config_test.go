@@ -85,6 +85,11 @@ func TestLoadTwoPeersA(t *testing.T) {
 			MaxConnections: 1024,
 			DialTimeout:    DefaultDialTimeout,
 		}},
+		HTTPProxies: []HTTPProxy{{
+			Name:           "web",
+			Listen:         netip.MustParseAddrPort("127.0.0.1:3128"),
+			MaxConnections: 1024,
+		}},
 	}
 	if diff := cmp.Diff(want, cfg, cmpOpts); diff != "" {
 		t.Errorf("Load(two-peers-a.hcl) mismatch (-want +got):\n%s", diff)

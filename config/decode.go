@@ -33,6 +33,7 @@ var (
 		{Type: "forward", LabelNames: []string{"name"}},
 		{Type: "reverse", LabelNames: []string{"name"}},
 		{Type: "socks5", LabelNames: []string{"name"}},
+		{Type: "http_proxy", LabelNames: []string{"name"}},
 		{Type: "tun"},
 	}}
 	logSchema    = &hcl.BodySchema{Attributes: attrs("level", "format")}
@@ -77,6 +78,8 @@ type (
 		socks5   []blockSrc
 		status   *blockSrc
 		tun      *tunnelSrc // addrRngs and routeRngs as for a tunnel
+
+		httpProxies []blockSrc // httpproxy.go
 	}
 )
 
@@ -149,6 +152,10 @@ func (d *decoder) decodeFile(body hcl.Body) *Config {
 			s, a := d.decodeSOCKS5(b)
 			cfg.SOCKS5 = append(cfg.SOCKS5, s)
 			src.socks5 = append(src.socks5, blockSrc{b, a})
+		case "http_proxy":
+			p, a := d.decodeHTTPProxy(b)
+			cfg.HTTPProxies = append(cfg.HTTPProxies, p)
+			src.httpProxies = append(src.httpProxies, blockSrc{b, a})
 		}
 	}
 	if len(cfg.Tunnels) == 0 && !diags.HasErrors() {

@@ -8,7 +8,7 @@ import (
 )
 
 // checkExposed warns about host listeners that other machines can reach:
-// the status server, forwards, and SOCKS5 proxies without authentication,
+// the status server, forwards, and SOCKS5 and HTTP proxies without authentication,
 // on anything but a loopback address. They are valid (a gateway may mean
 // them), so these are warnings at the listen attribute, not errors.
 // Reverse forwards listen inside the tunnels, where the peers are meant to
@@ -36,6 +36,7 @@ func (d *decoder) checkExposed(cfg *Config, src *sources) {
 				s.Name, s.Listen, s.Listen.Port())
 		}
 	}
+	d.checkExposedHTTPProxies(cfg, src)
 }
 
 // isLoopback reports whether ap can only be reached from this host.

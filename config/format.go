@@ -136,6 +136,7 @@ func (c *Config) HCL() []byte {
 			b.SetAttributeValue("dial_timeout", dur(p.DialTimeout))
 		}
 	}
+	writeHTTPProxies(root, c) // httpproxy.go
 	if t := c.TUN; t != nil {
 		root.AppendNewline()
 		b = root.AppendNewBlock("tun", nil).Body()

@@ -227,6 +227,7 @@ func (d *decoder) checkListeners(cfg *Config, src *sources) {
 	for i, s := range cfg.SOCKS5 {
 		host = append(host, listener{fmt.Sprintf("socks5 %q", s.Name), TCP, s.Listen, src.socks5[i].attrs["listen"], src.socks5[i].block})
 	}
+	host = append(host, httpProxyListeners(cfg, src)...)
 	d.checkDuplicateListeners(host, "on the host")
 
 	var stack []listener

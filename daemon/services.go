@@ -111,6 +111,7 @@ func newServices(cfg *config.Config, st *stack.Stack, log *slog.Logger) []*svc {
 			},
 		})
 	}
+	out = append(out, newHTTPProxies(cfg, st, log)...) // httpproxy.go
 	return out
 }
 

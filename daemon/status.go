@@ -121,7 +121,7 @@ const (
 // forwards a "connection" is a session (one per client address).
 type ServiceStatus struct {
 	Name     string `json:"name"`
-	Kind     string `json:"kind"`     // KindForward, KindReverse or KindSOCKS5
+	Kind     string `json:"kind"`     // KindForward, KindReverse, KindSOCKS5 or KindHTTPProxy
 	Protocol string `json:"protocol"` // "tcp" or "udp"
 	Listen   string `json:"listen"`   // the address actually bound
 	Target   string `json:"target,omitempty"`

@@ -127,6 +127,7 @@ func TestRunFailure(t *testing.T) {
 		"127.0.0.1:4700": addr(freePort(t, "udp")), "127.0.0.1:4701": addr(freePort(t, "udp")),
 		"127.0.0.1:9100": status, "127.0.0.1:7000": addr(freePort(t, "udp")),
 		"127.0.0.1:8080": addr(freePort(t, "tcp")), "127.0.0.1:1080": addr(freePort(t, "tcp")),
+		"127.0.0.1:3128": addr(freePort(t, "tcp")),
 	}))
 	// The first process holds every port of the file; the second cannot
 	// bind them.

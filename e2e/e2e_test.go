@@ -17,7 +17,7 @@ import (
 )
 
 // TestTwoPeers: real curl through A's local forward and A's SOCKS5 proxy
-// reaches the host web server behind B's reverse forward and gets 16 MiB
+// (and its HTTP proxy) reaches the host web server behind B's reverse forward and gets 16 MiB
 // byte-exact; a UDP round trip goes through A's UDP forward and B's UDP
 // reverse forward; the counters show it.
 func TestTwoPeers(t *testing.T) {
@@ -30,6 +30,9 @@ func TestTwoPeers(t *testing.T) {
 	}
 	if got := curl(t, "--socks5-hostname", addr(p.socks), "http://10.99.0.2/blob"); got != want {
 		t.Errorf("curl through SOCKS5: SHA-256 %x, want %x", got, want)
+	}
+	if got := curl(t, "--proxy", "http://"+addr(p.httpProxy), "http://10.99.0.2/blob"); got != want {
+		t.Errorf("curl through the HTTP proxy: SHA-256 %x, want %x", got, want)
 	}
 	udpRoundTrip(t, addr(p.echo), "ping through the tunnel")
 
@@ -48,12 +51,15 @@ func TestTwoPeers(t *testing.T) {
 	if _, total, from := st.service(t, "socks5", "proxy"); total != 1 || from < 16<<20 {
 		t.Errorf("socks5 proxy: %d connections, %d bytes from target; want 1 and ≥ 16 MiB", total, from)
 	}
+	if _, total, from := st.service(t, "http_proxy", "web"); total != 1 || from < 16<<20 {
+		t.Errorf("http_proxy web: %d connections, %d bytes from target; want 1 and ≥ 16 MiB", total, from)
+	}
 	if _, total, _ := st.service(t, "forward", "echo"); total != 1 {
 		t.Errorf("forward echo: %d sessions, want 1", total)
 	}
 	stB := getStatus(t, addr(p.statusB))
-	if _, total, _ := stB.service(t, "reverse", "web"); total != 2 {
-		t.Errorf("B's reverse web: %d connections, want 2", total)
+	if _, total, _ := stB.service(t, "reverse", "web"); total != 3 {
+		t.Errorf("B's reverse web: %d connections, want 3", total)
 	}
 
 	metrics := string(get(t, "http://"+addr(p.statusA)+"/metrics"))

@@ -236,6 +236,7 @@ type peers struct {
 	statusA, statusB, web, echo, socks int
 	blob                               []byte // served at /blob by the host HTTP server
 	cfgA                               string // path of A's file
+	httpProxy                          int    // A's http_proxy "web"
 }
 
 // peerOptions tune startPeers.
@@ -243,6 +244,7 @@ type peerOptions struct {
 	blobSize int
 	editA    func(string) string // rewrites A's file
 	argsA    []string            // extra flags for A's run
+	webB     string              // target of B's reverse "web"; default the host HTTP server
 }
 
 // startPeers starts the host services, then B and A, and waits until both
@@ -252,17 +254,22 @@ func startPeers(t *testing.T, o peerOptions) *peers {
 	p := &peers{
 		statusA: freePort(t, "tcp"), statusB: freePort(t, "tcp"),
 		web: freePort(t, "tcp"), echo: freePort(t, "udp"), socks: freePort(t, "tcp"),
+		httpProxy: freePort(t, "tcp"),
 	}
 	tunA, tunB := freePort(t, "udp"), freePort(t, "udp")
 	p.blob = make([]byte, o.blobSize)
 	r := rand.NewChaCha8([32]byte{'i', 'p', 'i', 'p'})
 	r.Read(p.blob)
 	httpAddr := hostHTTP(t, p.blob)
+	if o.webB != "" {
+		httpAddr = o.webB
+	}
 	udpAddr := servicetest.UDPEcho(t).String()
 
 	a := example(t, "two-peers-a.hcl", map[string]string{
 		"127.0.0.1:4700": addr(tunA), "127.0.0.1:4701": addr(tunB), "127.0.0.1:9100": addr(p.statusA),
 		"127.0.0.1:8080": addr(p.web), "127.0.0.1:7000": addr(p.echo), "127.0.0.1:1080": addr(p.socks),
+		"127.0.0.1:3128": addr(p.httpProxy),
 	})
 	if o.editA != nil {
 		a = o.editA(a)

@@ -7,6 +7,7 @@
 #   curl http://127.0.0.1:8080/                   # forward "web" -> B's reverse "web" -> 127.0.0.1:8000
 #   echo hi | nc -u -w1 127.0.0.1 7000            # forward "echo" (UDP) -> B's reverse "echo"
 #   curl --socks5 127.0.0.1:1080 http://10.99.0.2/  # any address inside the tunnel, via SOCKS5
+#   curl --proxy http://127.0.0.1:3128 http://10.99.0.2/  # the same through the HTTP proxy
 #   ipipstack status -c examples/two-peers-a.hcl    # counters; SIGTERM (kill %2) drains and stops
 
 log {
@@ -48,4 +49,12 @@ forward "echo" {
 # require RFC 1929 authentication.
 socks5 "proxy" {
   listen = "127.0.0.1:1080"
+}
+
+# An HTTP proxy on the host whose connections are made inside the stack:
+# CONNECT to any port (curl --proxytunnel, https:// URLs) and absolute-URI
+# requests for plain http://. Add username and password to require Basic
+# authentication (Proxy-Authorization).
+http_proxy "web" {
+  listen = "127.0.0.1:3128"
 }

@@ -39,7 +39,7 @@ type command struct {
 var commands []*command
 
 func init() {
-	commands = []*command{runCmd, checkCmd, statusCmd, reloadCmd, versionCmd, demoCmd}
+	commands = []*command{runCmd, checkCmd, statusCmd, reloadCmd, versionCmd, demoCmd, ncCmd}
 }
 
 func lookup(name string) *command {

@@ -106,6 +106,7 @@ func TestHelpListsFlags(t *testing.T) {
 		"demo":       {"--size"},
 		"ping":       {"-c", "--config", "--addr", "--count", "--interval", "--timeout"},
 		"traceroute": {"-c", "--config", "--addr", "--max-hops", "--wait"},
+		"nc":         {"-c", "--config", "--socks5", "--timeout"},
 	}
 	for _, c := range commands {
 		var b bytes.Buffer
