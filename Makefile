@@ -7,8 +7,9 @@ FUZZTIME ?= 30s
 BENCH    ?= .
 
 # Debian packages the tests use: tshark opens the pcap captures, ping is
-# the kernel's ping in the TUN test, curl fetches through SOCKS5 and forwards.
-DEB_TOOLS := tshark:tshark ping:iputils-ping curl:curl ip:iproute2
+# the kernel's ping in the TUN test, curl fetches through SOCKS5, forwards and
+# the HTTP proxy, ssh is the real client of `ipipstack nc` (e2e TestNCSSH).
+DEB_TOOLS := tshark:tshark ping:iputils-ping curl:curl ip:iproute2 ssh:openssh-client
 
 .PHONY: all build test deps demo bench mem fuzz lint tools soak clean
 
