@@ -16,8 +16,15 @@
 //
 // Each tunnel is one NIC, point to point like Linux ipip with remote set:
 // its inner addresses' prefixes, its extra routes and an optional default
-// route point at it, and the longest prefix wins. Addresses given to Dial,
-// Listen and ListenPacket are IP literals: the stack has no resolver.
+// route point at it, and the longest prefix wins.
+//
+// # Names
+//
+// Listen and ListenPacket take IP literals. Dial and DialContext also take
+// host names when Config.DNS lists DNS servers reachable through the
+// tunnels: the name is looked up through the stack (Stack.Resolver,
+// Stack.LookupNetIP), never by the host's resolver, and its addresses are
+// tried as net.Dialer does. Without Config.DNS a name fails with ErrNoDNS.
 package stack
 
 import (
@@ -163,6 +170,11 @@ type Config struct {
 	// defaults, 30 s for IPv4 and 60 s for IPv6 (RFC 8200 section 4.5);
 	// otherwise 1 ms to 1 h.
 	ReassemblyTimeout time.Duration
+	// DNS are the DNS servers that Resolver, LookupNetIP and a Dial by
+	// host name ask, through the tunnels (10.99.0.2:53); they are tried in
+	// order (see Resolver). Nil (the default) means no DNS: a host name
+	// then fails with ErrNoDNS, and the host's resolver is never asked.
+	DNS []netip.AddrPort
 	// ReassemblyMemory bounds the memory each family's IP reassembly
 	// holds, counted as whole fragment packets plus gVisor's bookkeeping;
 	// past it the oldest incomplete datagrams are dropped until a quarter
@@ -235,6 +247,7 @@ type Stack struct {
 	log        *slog.Logger
 	forwarding bool
 	reasm      reassembly // set in New, then read-only
+	dns        resolver   // resolve.go; set in New, then read-only
 	fwd        forwarding // forward.go
 
 	// mu guards the fields below.
@@ -291,6 +304,9 @@ func New(cfg Config) (_ *Stack, err error) {
 			s.Close()
 		}
 	}()
+	if err := s.setupResolver(cfg.DNS); err != nil {
+		return nil, err
+	}
 	if err := s.setupReassembly(&cfg, findFragState); err != nil {
 		return nil, err
 	}
