@@ -3,144 +3,24 @@ package stack_test
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"golang.org/x/net/dns/dnsmessage"
-
 	"github.com/ipipstack/ipipstack/endpoint/endpointtest"
+	"github.com/ipipstack/ipipstack/internal/dnstest"
 	"github.com/ipipstack/ipipstack/stack"
 )
-
-// dnsServer is a small authoritative DNS server for the tests, run on a
-// peer stack's ListenPacket and Listen. Names not in records get NXDOMAIN.
-type dnsServer struct {
-	records  map[string][]netip.Addr // "web.ipipstack.test." → addresses
-	truncate map[string]bool         // names whose UDP answer is truncated
-	silent   bool                    // never answer (a dead server)
-
-	mu      sync.Mutex
-	queries []string // "udp A web.ipipstack.test."
-}
-
-func (d *dnsServer) asked() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.queries...)
-}
-
-// answer builds the reply to query req, or nil to stay silent.
-func (d *dnsServer) answer(req []byte, transport string) []byte {
-	var p dnsmessage.Parser
-	h, err := p.Start(req)
-	if err != nil {
-		return nil
-	}
-	q, err := p.Question()
-	if err != nil {
-		return nil
-	}
-	d.mu.Lock()
-	d.queries = append(d.queries, transport+" "+q.Type.String()[4:]+" "+q.Name.String())
-	d.mu.Unlock()
-	if d.silent {
-		return nil
-	}
-	name := strings.ToLower(q.Name.String())
-	addrs, known := d.records[name]
-	rh := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired, RecursionAvailable: true}
-	if !known {
-		rh.RCode = dnsmessage.RCodeNameError
-	}
-	trunc := d.truncate[name] && transport == "udp"
-	rh.Truncated = trunc
-	b := dnsmessage.NewBuilder(nil, rh)
-	b.EnableCompression()
-	b.StartQuestions()
-	b.Question(q)
-	b.StartAnswers()
-	if !trunc {
-		rrh := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}
-		for _, a := range addrs {
-			switch {
-			case q.Type == dnsmessage.TypeA && a.Is4():
-				b.AResource(rrh, dnsmessage.AResource{A: a.As4()})
-			case q.Type == dnsmessage.TypeAAAA && a.Is6():
-				b.AAAAResource(rrh, dnsmessage.AAAAResource{AAAA: a.As16()})
-			}
-		}
-	}
-	out, err := b.Finish()
-	if err != nil {
-		return nil
-	}
-	return out
-}
-
-// serve runs d on s at addr (UDP and TCP) until the test ends.
-func (d *dnsServer) serve(t testing.TB, s *stack.Stack, addr string) {
-	t.Helper()
-	pc, err := s.ListenPacket("udp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := s.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close(); ln.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if out := d.answer(buf[:n], "udp"); out != nil {
-				pc.WriteTo(out, from)
-			}
-		}
-	}()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				for {
-					var l [2]byte
-					if _, err := io.ReadFull(c, l[:]); err != nil {
-						return
-					}
-					req := make([]byte, binary.BigEndian.Uint16(l[:]))
-					if _, err := io.ReadFull(c, req); err != nil {
-						return
-					}
-					out := d.answer(req, "tcp")
-					if out == nil {
-						continue
-					}
-					c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(out))), out...))
-				}
-			}()
-		}
-	}()
-}
 
 // dnsPair is stack a, whose Config.DNS is dns, joined by an in-memory
 // tunnel to stack b, which serves testRecords on 10.99.0.2:53 and
 // [fd99::2]:53, and stays silent on 10.99.0.2:5353.
-func dnsPair(t *testing.T, dns ...string) (a, b *stack.Stack, srv, dead *dnsServer) {
+func dnsPair(t *testing.T, dns ...string) (a, b *stack.Stack, srv, dead *dnstest.Server) {
 	t.Helper()
 	pa, pb := netip.MustParseAddrPort("127.0.0.1:1"), netip.MustParseAddrPort("127.0.0.1:2")
 	ca, cb := endpointtest.Pipe(pa, pb, 0)
@@ -161,17 +41,17 @@ func dnsPair(t *testing.T, dns ...string) (a, b *stack.Stack, srv, dead *dnsServ
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	srv = &dnsServer{records: map[string][]netip.Addr{
+	srv = &dnstest.Server{Records: map[string][]netip.Addr{
 		"web.ipipstack.test.":  {netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("fd99::2")},
 		"v4.ipipstack.test.":   {netip.MustParseAddr("10.99.0.2")},
 		"v6.ipipstack.test.":   {netip.MustParseAddr("fd99::2")},
 		"big.ipipstack.test.":  {netip.MustParseAddr("10.99.0.2")},
 		"both.ipipstack.test.": {netip.MustParseAddr("10.99.0.1"), netip.MustParseAddr("10.99.0.2")},
-	}, truncate: map[string]bool{"big.ipipstack.test.": true}}
-	srv.serve(t, b, "10.99.0.2:53")
-	srv.serve(t, b, "[fd99::2]:53")
-	dead = &dnsServer{silent: true}
-	dead.serve(t, b, "10.99.0.2:5353")
+	}, Truncate: map[string]bool{"big.ipipstack.test.": true}}
+	serveDNS(t, srv, b, "10.99.0.2:53")
+	serveDNS(t, srv, b, "[fd99::2]:53")
+	dead = &dnstest.Server{Silent: true}
+	serveDNS(t, dead, b, "10.99.0.2:5353")
 	return a, b, srv, dead
 }
 
@@ -194,7 +74,7 @@ func TestLookupNetIP(t *testing.T) {
 		{name: "literal", network: "ip", host: "fd99::7", want: []string{"fd99::7"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := len(srv.asked())
+			before := len(srv.Asked())
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			got, err := a.LookupNetIP(ctx, tc.network, tc.host)
@@ -213,7 +93,7 @@ func TestLookupNetIP(t *testing.T) {
 			if strings.Join(gs, ",") != strings.Join(tc.want, ",") {
 				t.Errorf("LookupNetIP(%q) = %v, want %v", tc.host, gs, tc.want)
 			}
-			if q := srv.asked()[before:]; strings.Join(q, ";") != strings.Join(tc.transports, ";") {
+			if q := srv.Asked()[before:]; strings.Join(q, ";") != strings.Join(tc.transports, ";") {
 				t.Errorf("server saw %q, want %q", q, tc.transports)
 			}
 		})
@@ -227,7 +107,7 @@ func TestLookupNetIPOverIPv6Server(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0] != netip.MustParseAddr("10.99.0.2") {
 		t.Fatalf("LookupNetIP = %v, %v; want [10.99.0.2]", got, err)
 	}
-	if len(srv.asked()) == 0 {
+	if len(srv.Asked()) == 0 {
 		t.Error("the server saw no query")
 	}
 }
@@ -243,7 +123,7 @@ func TestLookupTimeout(t *testing.T) {
 	if !errors.As(err, &de) || !de.IsTimeout {
 		t.Fatalf("LookupNetIP = %v, %v; want a timeout DNSError", got, err)
 	}
-	if len(dead.asked()) == 0 {
+	if len(dead.Asked()) == 0 {
 		t.Error("the silent server saw no query")
 	}
 }
@@ -377,7 +257,22 @@ func TestLookupNextServer(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0] != netip.MustParseAddr("10.99.0.2") {
 		t.Fatalf("LookupNetIP = %v, %v; want [10.99.0.2]", got, err)
 	}
-	if len(dead.asked()) == 0 || len(srv.asked()) == 0 {
-		t.Errorf("queries: silent server %q, answering server %q; want both asked", dead.asked(), srv.asked())
+	if len(dead.Asked()) == 0 || len(srv.Asked()) == 0 {
+		t.Errorf("queries: silent server %q, answering server %q; want both asked", dead.Asked(), srv.Asked())
 	}
+}
+
+// serveDNS runs d on s at addr, UDP and TCP, until the test ends.
+func serveDNS(t testing.TB, d *dnstest.Server, s *stack.Stack, addr string) {
+	t.Helper()
+	pc, err := s.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := s.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close(); ln.Close() })
+	d.Serve(pc, ln)
 }
