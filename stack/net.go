@@ -241,7 +241,14 @@ func (s *Stack) Listen(network, address string) (net.Listener, error) {
 		ep.Close()
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: strAddr{network, address}, Err: translate("listen", terr)}
 	}
-	return gonet.NewTCPListener(s.gv, wq, ep), nil
+	ln := &TCPListener{TCPListener: gonet.NewTCPListener(s.gv, wq, ep)} // addrport.go
+	if laddr, _, err := parseAddr(network, address); err == nil && laddr.Addr().IsUnspecified() {
+		ln.wildcard = laddr.Addr()
+		if network == "tcp" {
+			ln.wildcard = netip.IPv6Unspecified() // dual stack, see bind
+		}
+	}
+	return ln, nil
 }
 
 // ListenPacket announces on address inside the stack for network "udp",

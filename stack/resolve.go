@@ -96,8 +96,8 @@ func (s *Stack) dialDNS(ctx context.Context, network, _ string) (net.Conn, error
 		idx := (start + i) % len(servers)
 		c, err := s.DialContext(ctx, network, servers[idx].String())
 		if err == nil {
-			if uc, ok := c.(*udpConn); ok {
-				return &dnsUDPConn{udpConn: uc, r: &s.dns, idx: uint32(idx)}, nil
+			if uc, ok := c.(*UDPConn); ok {
+				return &dnsUDPConn{UDPConn: uc, r: &s.dns, idx: uint32(idx)}, nil
 			}
 			return c, nil
 		}
@@ -114,14 +114,14 @@ func (s *Stack) dialDNS(ctx context.Context, network, _ string) (net.Conn, error
 // dnsUDPConn is the UDP conn of one DNS query to server idx. A read that
 // times out makes the next server the preferred one.
 type dnsUDPConn struct {
-	*udpConn
+	*UDPConn
 	r   *resolver
 	idx uint32
 }
 
 // Read implements net.Conn.Read.
 func (c *dnsUDPConn) Read(b []byte) (int, error) {
-	n, err := c.udpConn.Read(b)
+	n, err := c.UDPConn.Read(b)
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
 		next := (c.idx + 1) % uint32(len(c.r.servers))

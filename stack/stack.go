@@ -25,6 +25,25 @@
 // tunnels: the name is looked up through the stack (Stack.Resolver,
 // Stack.LookupNetIP), never by the host's resolver, and its addresses are
 // tried as net.Dialer does. Without Config.DNS a name fails with ErrNoDNS.
+//
+// # Typed API
+//
+// DialTCPAddrPort, ListenTCPAddrPort, DialUDPAddrPort and ListenUDPAddrPort
+// take netip.AddrPort and return *gonet.TCPConn (with CloseWrite),
+// *TCPListener and *UDPConn (with ReadFromUDPAddrPort and
+// WriteToUDPAddrPort), as the net package and wireguard-go's netstack do.
+// A wildcard listener's Addr reads as net's: [::]:80, 0.0.0.0:80.
+//
+// # Ephemeral outer ports
+//
+// Each end of a UDP tunnel needs the other's outer port. To let the kernel
+// pick both, bind first and build the stacks second: open each outer
+// socket with endpoint.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"),
+// endpoint.SocketOptions{}), read the port it got from its LocalAddr, and
+// give each stack its own socket as Tunnel.Conn and the other's LocalAddr as
+// Tunnel.Remote. A tunnel whose Local has port 0 also binds a free port;
+// Stack.LocalAddr (or TunnelStats.Local) tells which, for the peer's
+// configuration.
 package stack
 
 import (
@@ -145,8 +164,9 @@ type Tunnel struct {
 	// Filter); nil (the default) lets every packet in. New reads it once.
 	Filter *Filter
 	// Conn, if set, is used instead of opening a socket from Transport and
-	// Local: an in-memory or impaired transport for tests and benchmarks.
-	// The stack owns it from New on.
+	// Local: a socket bound before New (see "Ephemeral outer ports" in the
+	// package doc), or an in-memory or impaired transport for tests and
+	// benchmarks. The stack owns it from New on.
 	Conn endpoint.Transport
 }
 
