@@ -108,6 +108,18 @@ type Config struct {
 	// TUN is the host TUN device bridged into the stack. nil (the default)
 	// means no TUN device.
 	TUN *TUN
+	// DNS is the dns block: the DNS servers, inside the tunnels, that
+	// host names given to SOCKS5 and forward targets are resolved with.
+	// nil (the default) means none: SOCKS5 refuses names (unless its
+	// resolve = "host") and forward targets must be IP literals.
+	DNS *DNS
+}
+
+// DNS is the dns block.
+type DNS struct {
+	// Servers are the DNS servers' addresses inside the tunnels, each
+	// reached through some tunnel; port 53 if omitted. At least one.
+	Servers []netip.AddrPort
 }
 
 // Log is the log block.
@@ -570,8 +582,12 @@ type Forward struct {
 	// Listen is the host address to listen on, with a non-zero port.
 	Listen netip.AddrPort
 	// Target is the address inside the tunnels to relay to; some tunnel
-	// reaches it.
+	// reaches it. Zero when TargetName is set.
 	Target netip.AddrPort
+	// TargetName is the target when it is a host name ("db.internal:5432"),
+	// looked up through the dns block's servers at each dial; "" when
+	// Target is an IP address. Needs a dns block.
+	TargetName string
 	// IdleTimeout closes a connection or UDP session idle this long.
 	// Default DefaultUDPIdleTimeout (60s) for UDP, 0 (never) for TCP.
 	IdleTimeout time.Duration
@@ -601,6 +617,9 @@ type Reverse struct {
 	Listen netip.AddrPort
 	// Target is the host address to relay to.
 	Target netip.AddrPort
+	// TargetName is always "": a reverse target is an IP address on the
+	// host. (It makes Reverse convertible to and from Forward.)
+	TargetName string
 	// IdleTimeout closes a connection or UDP session idle this long.
 	// Default DefaultUDPIdleTimeout (60s) for UDP, 0 (never) for TCP.
 	IdleTimeout time.Duration
@@ -638,6 +657,11 @@ type SOCKS5 struct {
 	// the client gets an error reply when it runs out. Default
 	// DefaultDialTimeout (10s).
 	DialTimeout time.Duration
+	// ResolveOnHost (resolve = "host") resolves the host names clients ask
+	// for with the host's resolver, which sees them. The default (resolve =
+	// "tunnel") resolves them through the dns block's servers, and without
+	// a dns block refuses them (reply 4, host unreachable).
+	ResolveOnHost bool
 }
 
 // AuthRequired reports whether clients must authenticate.

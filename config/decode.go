@@ -35,6 +35,7 @@ var (
 		{Type: "socks5", LabelNames: []string{"name"}},
 		{Type: "http_proxy", LabelNames: []string{"name"}},
 		{Type: "tun"},
+		{Type: "dns"},
 	}}
 	logSchema    = &hcl.BodySchema{Attributes: attrs("level", "format")}
 	statusSchema = &hcl.BodySchema{Attributes: attrs("listen")}
@@ -51,7 +52,8 @@ var (
 		"loss", "reorder", "duplicate", "corrupt", "delay", "jitter", "rate", "seed")}
 	forwardSchema = &hcl.BodySchema{Attributes: attrs(
 		"protocol", "!listen", "!target", "idle_timeout", "dial_timeout", "max_connections", "max_sessions_per_source")}
-	socks5Schema = &hcl.BodySchema{Attributes: attrs("!listen", "username", "password", "max_connections", "max_connections_per_client", "dial_timeout")}
+	socks5Schema = &hcl.BodySchema{Attributes: attrs("!listen", "username", "password", "max_connections", "max_connections_per_client", "dial_timeout", "resolve")}
+	dnsSchema    = &hcl.BodySchema{Attributes: attrs("!servers")}
 	tunSchema    = &hcl.BodySchema{Attributes: attrs("name", "addresses", "routes", "mtu")}
 )
 
@@ -131,6 +133,9 @@ func (d *decoder) decodeFile(body hcl.Body) *Config {
 		cfg.Status, src.status = d.decodeStatus(b)
 	}
 	cfg.Stack = d.decodeStack(singles["stack"])
+	if b := singles["dns"]; b != nil {
+		cfg.DNS = d.decodeDNS(b) // dns.go
+	}
 	for _, b := range content.Blocks {
 		if len(b.Labels) == 0 {
 			continue // a single block, or a label HCL already reported missing
@@ -557,7 +562,17 @@ func (d *decoder) decodeForward(b *hcl.Block) (Forward, hcl.Attributes) {
 		where = "on the host"
 	}
 	listen, listenOK := d.hostAddrPort(a["listen"])
-	target, targetOK := d.hostAddrPort(a["target"])
+	var target netip.AddrPort
+	targetOK := false
+	if ts, ok := d.str(a["target"]); ok {
+		if b.Type == "forward" && isTargetName(ts) { // dns.go
+			f.TargetName = ts
+		} else if ap, p := parseAddrPort(ts); p != nil {
+			d.problemAt(p, a["target"].Expr.Range(), &a["target"].Range)
+		} else {
+			target, targetOK = ap, true
+		}
+	}
 	f.Listen, f.Target = listen, target
 	if listenOK && listen.Addr().IsMulticast() {
 		d.attrError(a["listen"], "Invalid listen address", "%s is a multicast address; listen on a unicast address, or on 0.0.0.0 or [::] for all.", listen.Addr())
@@ -620,6 +635,9 @@ func (d *decoder) decodeSOCKS5(b *hcl.Block) (SOCKS5, hcl.Attributes) {
 	}
 	if v, ok := d.duration(a["dial_timeout"]); ok {
 		s.DialTimeout = v
+	}
+	if i, ok := d.enum(a["resolve"], "tunnel", "host"); ok {
+		s.ResolveOnHost = i == 1
 	}
 	return s, a
 }

@@ -135,6 +135,18 @@ func (c *Config) HCL() []byte {
 		if p.DialTimeout != 0 {
 			b.SetAttributeValue("dial_timeout", dur(p.DialTimeout))
 		}
+		if p.ResolveOnHost {
+			b.SetAttributeValue("resolve", cty.StringVal("host"))
+		}
+	}
+	if c.DNS != nil {
+		root.AppendNewline()
+		b = root.AppendNewBlock("dns", nil).Body()
+		servers := make([]cty.Value, len(c.DNS.Servers))
+		for i, s := range c.DNS.Servers {
+			servers[i] = str(s)
+		}
+		b.SetAttributeValue("servers", cty.ListVal(servers))
 	}
 	writeHTTPProxies(root, c) // httpproxy.go
 	if t := c.TUN; t != nil {
@@ -155,7 +167,11 @@ func (c *Config) HCL() []byte {
 func writeForward(b *hclwrite.Body, f Forward) {
 	b.SetAttributeValue("protocol", cty.StringVal(f.Protocol.String()))
 	b.SetAttributeValue("listen", str(f.Listen))
-	b.SetAttributeValue("target", str(f.Target))
+	if f.TargetName != "" {
+		b.SetAttributeValue("target", cty.StringVal(f.TargetName))
+	} else {
+		b.SetAttributeValue("target", str(f.Target))
+	}
 	if f.IdleTimeout != 0 {
 		b.SetAttributeValue("idle_timeout", dur(f.IdleTimeout))
 	}

@@ -162,6 +162,13 @@ func describePrefixes(cfg *Config) string {
 
 func (d *decoder) checkForwards(cfg *Config, src *sources) {
 	for i, f := range cfg.Forwards {
+		if f.TargetName != "" {
+			if cfg.DNS == nil {
+				d.attrError(src.forwards[i].attrs["target"], "Target name without DNS",
+					"%q is a host name, which is looked up through the tunnels' DNS; add a dns block (servers = [\"10.99.0.2:53\"]), or write the target as an IP address.", f.TargetName)
+			}
+			continue
+		}
 		reached := false
 		for k := range cfg.Tunnels {
 			if cfg.Tunnels[k].Reaches(f.Target.Addr()) {

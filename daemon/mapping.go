@@ -35,6 +35,7 @@ func stackConfig(cfg *config.Config) (stack.Config, error) {
 		// the limits cannot be set run with the defaults.
 		ReassemblyTimeout: unlessDefault(cfg.Stack.ReassemblyTimeout, config.DefaultReassemblyTimeout),
 		ReassemblyMemory:  unlessDefault(cfg.Stack.ReassemblyMemory, config.DefaultReassemblyMemory),
+		DNS:               dnsServers(cfg), // dns.go
 	}
 	for i := range cfg.Tunnels {
 		t := &cfg.Tunnels[i]

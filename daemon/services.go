@@ -64,15 +64,16 @@ func (s *svc) listenAddr() string {
 func newServices(cfg *config.Config, st *stack.Stack, log *slog.Logger) []*svc {
 	var out []*svc
 	for _, f := range cfg.Forwards {
-		out = append(out, withDialTimeout(withPerSource(newForward(KindForward, f.Name, f.Protocol, f.Listen.String(), f.Target.String(),
+		out = append(out, withDialTimeout(withPerSource(newForward(KindForward, f.Name, f.Protocol, f.Listen.String(), forwardTarget(&f),
 			f.MaxConnections, f.IdleTimeout, service.Host{}, st, log), f.MaxSessionsPerSource), f.DialTimeout))
 	}
 	for _, r := range cfg.Reverses {
 		out = append(out, withDialTimeout(withPerSource(newForward(KindReverse, r.Name, r.Protocol, r.Listen.String(), r.Target.String(),
 			r.MaxConnections, r.IdleTimeout, st, service.Host{}, log), r.MaxSessionsPerSource), r.DialTimeout))
 	}
-	for _, s := range cfg.SOCKS5 {
+	for i, s := range cfg.SOCKS5 {
 		srv := &socks5.Server{
+			Resolve:       socks5Resolver(cfg, &cfg.SOCKS5[i], st, log.With("socks5", s.Name)), // dns.go
 			Network:       st,
 			ClientNetwork: service.Host{},
 			Listen:        s.Listen.String(),

@@ -70,7 +70,7 @@ func TestWarnReverseTargetDown(t *testing.T) {
 	tunA, tunB, statusA, statusB, web := freePort(t, "udp"), freePort(t, "udp"), freePort(t, "tcp"), freePort(t, "tcp"), freePort(t, "tcp")
 	a := example(t, "two-peers-a.hcl", map[string]string{
 		"127.0.0.1:4700": addr(tunA), "127.0.0.1:4701": addr(tunB), "127.0.0.1:9100": addr(statusA),
-		"127.0.0.1:8080": addr(web), "127.0.0.1:7000": addr(freePort(t, "udp")), "127.0.0.1:1080": addr(freePort(t, "tcp")),
+		"127.0.0.1:8080": addr(web), "127.0.0.1:7000": addr(freePort(t, "udp")), "127.0.0.1:1080": addr(freePort(t, "tcp")), "127.0.0.1:3128": addr(freePort(t, "tcp")),
 	})
 	b := example(t, "two-peers-b.hcl", map[string]string{
 		"127.0.0.1:4700": addr(tunA), "127.0.0.1:4701": addr(tunB), "127.0.0.1:9101": addr(statusB),
@@ -97,7 +97,7 @@ func TestWarnPeerNotRunning(t *testing.T) {
 	statusA, web := freePort(t, "tcp"), freePort(t, "tcp")
 	a := example(t, "two-peers-a.hcl", map[string]string{
 		"127.0.0.1:4700": addr(freePort(t, "udp")), "127.0.0.1:4701": addr(freePort(t, "udp")), "127.0.0.1:9100": addr(statusA),
-		"127.0.0.1:8080": addr(web), "127.0.0.1:7000": addr(freePort(t, "udp")), "127.0.0.1:1080": addr(freePort(t, "tcp")),
+		"127.0.0.1:8080": addr(web), "127.0.0.1:7000": addr(freePort(t, "udp")), "127.0.0.1:1080": addr(freePort(t, "tcp")), "127.0.0.1:3128": addr(freePort(t, "tcp")),
 		`target   = "10.99.0.2:80"`: `target   = "10.99.0.2:80"
   dial_timeout = "1s"`,
 	})
@@ -115,7 +115,7 @@ func TestWarnInnerAddressMismatch(t *testing.T) {
 	tunA, tunB, statusA, statusB, web := freePort(t, "udp"), freePort(t, "udp"), freePort(t, "tcp"), freePort(t, "tcp"), freePort(t, "tcp")
 	a := example(t, "two-peers-a.hcl", map[string]string{
 		"127.0.0.1:4700": addr(tunA), "127.0.0.1:4701": addr(tunB), "127.0.0.1:9100": addr(statusA),
-		"127.0.0.1:8080": addr(web), "127.0.0.1:7000": addr(freePort(t, "udp")), "127.0.0.1:1080": addr(freePort(t, "tcp")),
+		"127.0.0.1:8080": addr(web), "127.0.0.1:7000": addr(freePort(t, "udp")), "127.0.0.1:1080": addr(freePort(t, "tcp")), "127.0.0.1:3128": addr(freePort(t, "tcp")),
 		`target   = "10.99.0.2:80"`: `target   = "10.99.0.2:80"
   dial_timeout = "1s"`,
 	})

@@ -94,7 +94,7 @@ func parseAddr(network, address string) (netip.AddrPort, tcpip.NetworkProtocolNu
 			addr = netip.IPv4Unspecified()
 		}
 	} else if addr, err = netip.ParseAddr(host); err != nil {
-		return netip.AddrPort{}, 0, &net.AddrError{Err: "not an IP address (the tunnel stack has no resolver)", Addr: host}
+		return netip.AddrPort{}, 0, &net.AddrError{Err: "not an IP address (listen on an inner address, or an empty host for all)", Addr: host}
 	}
 	addr = addr.Unmap()
 	if addr.Zone() != "" {
@@ -142,11 +142,15 @@ func (s *Stack) Dial(network, address string) (net.Conn, error) {
 	return s.DialContext(context.Background(), network, address)
 }
 
-// DialContext connects to address ("10.99.0.2:80", "[fd99::2]:80") on
-// network "tcp", "tcp4", "tcp6", "udp", "udp4" or "udp6" inside the stack,
-// like net.Dialer.DialContext, so it can serve as an
-// http.Transport.DialContext. The context bounds the connection attempt
-// only; its expiry gives an "i/o timeout" error.
+// DialContext connects to address ("10.99.0.2:80", "[fd99::2]:80",
+// "web.example:80") on network "tcp", "tcp4", "tcp6", "udp", "udp4" or
+// "udp6" inside the stack, like net.Dialer.DialContext, so it can serve as
+// an http.Transport.DialContext. A host name is looked up through
+// Config.DNS (ErrNoDNS without it) and its addresses tried as net.Dialer
+// does: those of the first address's family in turn, the other family's
+// too if none connected within 300 ms (Happy Eyeballs, RFC 8305). The
+// context bounds the lookup and the connection attempts only; its expiry
+// gives an "i/o timeout" error.
 func (s *Stack) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	if err := checkNetwork("dial", network, "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6"); err != nil {
 		return nil, err
@@ -156,6 +160,9 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 	}
 	if s.isClosed() {
 		return nil, opErr(ErrClosed)
+	}
+	if host, port, ok := hostName(address); ok {
+		return s.dialName(ctx, network, address, host, port) // resolve.go
 	}
 	raddr, proto, err := parseAddr(network, address)
 	if err != nil {
@@ -237,10 +244,20 @@ func (s *Stack) Listen(network, address string) (net.Listener, error) {
 		ep.Close()
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: strAddr{network, address}, Err: translate("listen", terr)}
 	}
+	ln := &TCPListener{} // addrport.go
 	if s.keepalive > 0 {
-		return s.newKeepaliveListener(wq, ep), nil // keepalive.go
+		ln.ka = s.newKeepaliveListener(wq, ep) // keepalive.go
+		ln.TCPListener = ln.ka.TCPListener
+	} else {
+		ln.TCPListener = gonet.NewTCPListener(s.gv, wq, ep)
 	}
-	return gonet.NewTCPListener(s.gv, wq, ep), nil
+	if laddr, _, err := parseAddr(network, address); err == nil && laddr.Addr().IsUnspecified() {
+		ln.wildcard = laddr.Addr()
+		if network == "tcp" {
+			ln.wildcard = netip.IPv6Unspecified() // dual stack, see bind
+		}
+	}
+	return ln, nil
 }
 
 // ListenPacket announces on address inside the stack for network "udp",

@@ -18,8 +18,33 @@
 // its inner addresses' prefixes, its extra routes and an optional default
 // route point at it, and the longest prefix wins. Tunnels can be added and
 // removed while the stack runs (Stack.AddTunnel, Stack.RemoveTunnel).
-// Addresses given to Dial,
-// Listen and ListenPacket are IP literals: the stack has no resolver.
+//
+// # Names
+//
+// Listen and ListenPacket take IP literals. Dial and DialContext also take
+// host names when Config.DNS lists DNS servers reachable through the
+// tunnels: the name is looked up through the stack (Stack.Resolver,
+// Stack.LookupNetIP), never by the host's resolver, and its addresses are
+// tried as net.Dialer does. Without Config.DNS a name fails with ErrNoDNS.
+//
+// # Typed API
+//
+// DialTCPAddrPort, ListenTCPAddrPort, DialUDPAddrPort and ListenUDPAddrPort
+// take netip.AddrPort and return *gonet.TCPConn (with CloseWrite),
+// *TCPListener and *UDPConn (with ReadFromUDPAddrPort and
+// WriteToUDPAddrPort), as the net package and wireguard-go's netstack do.
+// A wildcard listener's Addr reads as net's: [::]:80, 0.0.0.0:80.
+//
+// # Ephemeral outer ports
+//
+// Each end of a UDP tunnel needs the other's outer port. To let the kernel
+// pick both, bind first and build the stacks second: open each outer
+// socket with endpoint.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"),
+// endpoint.SocketOptions{}), read the port it got from its LocalAddr, and
+// give each stack its own socket as Tunnel.Conn and the other's LocalAddr as
+// Tunnel.Remote. A tunnel whose Local has port 0 also binds a free port;
+// Stack.LocalAddr (or TunnelStats.Local) tells which, for the peer's
+// configuration.
 package stack
 
 import (
@@ -141,8 +166,9 @@ type Tunnel struct {
 	// Filter); nil (the default) lets every packet in. New reads it once.
 	Filter *Filter
 	// Conn, if set, is used instead of opening a socket from Transport and
-	// Local: an in-memory or impaired transport for tests and benchmarks.
-	// The stack owns it from New on.
+	// Local: a socket bound before New (see "Ephemeral outer ports" in the
+	// package doc), or an in-memory or impaired transport for tests and
+	// benchmarks. The stack owns it from New on.
 	Conn endpoint.Transport
 }
 
@@ -166,6 +192,11 @@ type Config struct {
 	// defaults, 30 s for IPv4 and 60 s for IPv6 (RFC 8200 section 4.5);
 	// otherwise 1 ms to 1 h.
 	ReassemblyTimeout time.Duration
+	// DNS are the DNS servers that Resolver, LookupNetIP and a Dial by
+	// host name ask, through the tunnels (10.99.0.2:53); they are tried in
+	// order (see Resolver). Nil (the default) means no DNS: a host name
+	// then fails with ErrNoDNS, and the host's resolver is never asked.
+	DNS []netip.AddrPort
 	// ReassemblyMemory bounds the memory each family's IP reassembly
 	// holds, counted as whole fragment packets plus gVisor's bookkeeping;
 	// past it the oldest incomplete datagrams are dropped until a quarter
@@ -251,6 +282,7 @@ type Stack struct {
 	forwarding bool
 	keepalive  time.Duration // TCPOptions.Keepalive; read-only after New
 	reasm      reassembly    // set in New, then read-only
+	dns        resolver      // resolve.go; set in New, then read-only
 	fwd        forwarding    // forward.go
 
 	// mu guards the fields below.
@@ -317,6 +349,9 @@ func New(cfg Config) (_ *Stack, err error) {
 			s.Close()
 		}
 	}()
+	if err := s.setupResolver(cfg.DNS); err != nil {
+		return nil, err
+	}
 	if err := s.setupReassembly(&cfg, findFragState); err != nil {
 		return nil, err
 	}

@@ -285,7 +285,7 @@ func TestDialErrors(t *testing.T) {
 		{"no route", "tcp", "192.0.2.1:80", syscall.ENETUNREACH, "network is unreachable"},
 		{"no route udp", "udp", "192.0.2.1:80", syscall.ENETUNREACH, "network is unreachable"},
 		{"refused", "tcp", "10.99.0.2:81", syscall.ECONNREFUSED, "connection refused"},
-		{"hostname", "tcp", "example.com:80", nil, "no resolver"},
+		{"hostname", "tcp", "example.com:80", nil, "no DNS servers configured (Config.DNS); use an IP address"},
 		{"bad port", "tcp", "10.99.0.2:99999", nil, "invalid port"},
 		{"family", "tcp4", "[fd99::2]:80", nil, "non-IPv4 address"},
 	}

@@ -11,7 +11,10 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// udpConn is a gonet.UDPConn whose writes cannot miss their wakeup.
+// UDPConn is a UDP socket of the stack, a net.Conn and net.PacketConn as
+// *net.UDPConn is, returned by DialUDPAddrPort, ListenUDPAddrPort, and
+// behind the net.Conn and net.PacketConn that Dial and ListenPacket return.
+// It is a gonet.UDPConn whose writes cannot miss their wakeup.
 // gonet's WriteTo registers for "writable" only after a write found the
 // send buffer full; if the buffer drains in between, the notification is
 // lost and the write waits forever (seen under load in BenchmarkUDPRate).
@@ -21,7 +24,7 @@ import (
 // A writer waiting for room also wakes when the write deadline changes or
 // the conn is closed, as net.Conn requires: a deadline in the past fails
 // it with a timeout, Close with net.ErrClosed.
-type udpConn struct {
+type UDPConn struct {
 	*gonet.UDPConn
 	ep tcpip.Endpoint
 	wq *waiter.Queue
@@ -38,8 +41,8 @@ type udpConn struct {
 }
 
 var (
-	_ net.Conn       = (*udpConn)(nil)
-	_ net.PacketConn = (*udpConn)(nil)
+	_ net.Conn       = (*UDPConn)(nil)
+	_ net.PacketConn = (*UDPConn)(nil)
 )
 
 // newUDPConn wraps the UDP endpoint ep, whose waiter queue is wq. Its IPv4
@@ -49,25 +52,25 @@ var (
 // further on would be refused there every time. Without DF the hop
 // fragments it (RFC 791). IPv6 has no DF; its path MTU is learned by the
 // tunnel endpoint (endpoint/pmtu6.go).
-func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *udpConn {
+func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *UDPConn {
 	// A socket of IPv6 only may refuse the IPv4 option; nothing to do then.
 	_ = ep.SetSockOptInt(tcpip.MTUDiscoverOption, int(tcpip.PMTUDiscoveryDont))
-	return &udpConn{UDPConn: gonet.NewUDPConn(wq, ep), ep: ep, wq: wq}
+	return &UDPConn{UDPConn: gonet.NewUDPConn(wq, ep), ep: ep, wq: wq}
 }
 
 // SetDeadline implements net.Conn.SetDeadline.
-func (c *udpConn) SetDeadline(t time.Time) error {
+func (c *UDPConn) SetDeadline(t time.Time) error {
 	c.setWriteDeadline(t)
 	return c.UDPConn.SetDeadline(t)
 }
 
 // SetWriteDeadline implements net.Conn.SetWriteDeadline.
-func (c *udpConn) SetWriteDeadline(t time.Time) error {
+func (c *UDPConn) SetWriteDeadline(t time.Time) error {
 	c.setWriteDeadline(t)
 	return c.UDPConn.SetWriteDeadline(t)
 }
 
-func (c *udpConn) setWriteDeadline(t time.Time) {
+func (c *UDPConn) setWriteDeadline(t time.Time) {
 	c.mu.Lock()
 	c.writeDeadline = t
 	c.wakeWritersLocked()
@@ -76,7 +79,7 @@ func (c *udpConn) setWriteDeadline(t time.Time) {
 
 // Close implements net.Conn.Close. Writers waiting for room return
 // net.ErrClosed.
-func (c *udpConn) Close() error {
+func (c *UDPConn) Close() error {
 	c.mu.Lock()
 	c.closed = true
 	c.wakeWritersLocked()
@@ -88,7 +91,7 @@ func (c *udpConn) Close() error {
 // the deadline and closed again.
 //
 // +checklocks:c.mu
-func (c *udpConn) wakeWritersLocked() {
+func (c *UDPConn) wakeWritersLocked() {
 	if c.changed != nil {
 		close(c.changed)
 		c.changed = nil
@@ -97,7 +100,7 @@ func (c *udpConn) wakeWritersLocked() {
 
 // writeState returns the write deadline, whether the conn is closed, and
 // a channel closed when either changes.
-func (c *udpConn) writeState() (deadline time.Time, closed bool, changed <-chan struct{}) {
+func (c *UDPConn) writeState() (deadline time.Time, closed bool, changed <-chan struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.changed == nil {
@@ -107,10 +110,10 @@ func (c *udpConn) writeState() (deadline time.Time, closed bool, changed <-chan 
 }
 
 // Write implements net.Conn.Write.
-func (c *udpConn) Write(b []byte) (int, error) { return c.WriteTo(b, nil) }
+func (c *UDPConn) Write(b []byte) (int, error) { return c.WriteTo(b, nil) }
 
 // WriteTo implements net.PacketConn.WriteTo.
-func (c *udpConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+func (c *UDPConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	opErr := func(err error) error {
 		return &net.OpError{Op: "write", Net: "udp", Source: c.LocalAddr(), Addr: addr, Err: err}
 	}

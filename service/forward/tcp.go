@@ -20,9 +20,9 @@
 //
 // Addresses given as IP literals are narrowed to "tcp4"/"tcp6" or
 // "udp4"/"udp6" (service.NetworkFor), because the tunnel stack has no
-// dual-stack wildcard socket. The tunnel has no DNS: a Target name is
-// resolved by the To network, which for the tunnel stack means it must be an
-// IP literal.
+// dual-stack wildcard socket. A Target name is resolved by the To network:
+// the tunnel stack looks it up through its Config.DNS servers (and refuses
+// it without them).
 package forward
 
 import (
