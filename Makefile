@@ -10,7 +10,7 @@ BENCH    ?= .
 # the kernel's ping in the TUN test, curl fetches through SOCKS5 and forwards.
 DEB_TOOLS := tshark:tshark ping:iputils-ping curl:curl ip:iproute2
 
-.PHONY: all build test deps demo bench mem fuzz lint soak clean
+.PHONY: all build test deps demo bench mem fuzz lint soak clean interop
 
 all: build
 
@@ -47,6 +47,17 @@ test: deps
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 	@echo "== the IPv4 forwarding tests that skip under -race, without it"
 	$(GO) test -count=1 -run '^(TestRouterTCPTransfer|TestPathMTUNarrowMiddle|TestForward[A-Za-z0-9]*)$$' ./stack/
+
+## interop: the tunnels against a real Linux kernel (root only): Debian's
+## kernel package, downloaded and cached under ~/.cache/ipipstack-interop,
+## boots in qemu inside a network namespace the test makes, with its ipip,
+## sit, ip6tnl and FOU tunnels as the peers of the project's stack (see
+## interop/doc.go). The build tag keeps it out of `make test`.
+INTEROP_TOOLS := qemu-system-x86_64:qemu-system-x86 busybox:busybox-static ip:iproute2 apt-get:apt dpkg-deb:dpkg
+interop:
+	@$(MAKE) --no-print-directory deps DEB_TOOLS="$(INTEROP_TOOLS)"
+	$(GO) vet -tags interop ./interop/
+	$(GO) test -tags interop -count=1 -timeout 10m -v -run '^TestKernelInterop$$' ./interop/
 
 ## bench: the benchmarks, COUNT runs each (for benchstat), then a table of
 ## medians with the ratios to the baselines (bench/out/TABLE.md) and a chart
