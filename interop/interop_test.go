@@ -178,6 +178,41 @@ func (e *env) testKind(t *testing.T, k kind) {
 		}
 	})
 
+	t.Run("outer-headers", func(t *testing.T) {
+		// One echo request each way, captured on the tap: the kernel's
+		// outer header and ours must agree field by field (see outer).
+		c := e.startCapture(t, tapDev)
+		ping := "ping"
+		if k.inner6 {
+			ping = "ping6"
+		}
+		e.vmRun(t, fmt.Sprintf("%s -c 1 -W 2 %s", ping, us), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := s.Ping(ctx, vm)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: Ping %s: %v", k.name, vm, err)
+		}
+		time.Sleep(100 * time.Millisecond) // the capture polls every 20 ms
+		pkts := c.snapshot()
+		kern, err := findEcho(k, pkts, k.vmOuter(), k.usOuter())
+		if err != nil {
+			t.Fatalf("%s: the kernel's packet (%s -> %s): %v among %d captured", k.name, k.vmOuter(), k.usOuter(), err, len(pkts))
+		}
+		ours, err := findEcho(k, pkts, k.usOuter(), k.vmOuter())
+		if err != nil {
+			t.Fatalf("%s: our packet (%s -> %s): %v among %d captured", k.name, k.usOuter(), k.vmOuter(), err, len(pkts))
+		}
+		t.Logf("%s: the kernel's outer header: %+v", k.name, kern)
+		expected, unexpected := compareOuter(k, kern, ours)
+		for _, d := range expected {
+			t.Logf("%s: expected difference: %s", k.name, d)
+		}
+		for _, d := range unexpected {
+			t.Errorf("%s: our outer header differs from the kernel's: %s", k.name, d)
+		}
+	})
+
 	t.Run("ping-to-kernel", func(t *testing.T) {
 		for i := 0; i < 3; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
