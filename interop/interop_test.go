@@ -233,6 +233,21 @@ func (e *env) testKind(t *testing.T, k kind) {
 		}
 	})
 
+	t.Run("ping-from-kernel-fragmented", func(t *testing.T) {
+		// 3000 bytes of ICMP payload do not fit the tunnel MTU: the
+		// kernel fragments the inner packet, our stack reassembles it
+		// and answers with fragments of its own, which the kernel
+		// reassembles.
+		ping := "ping"
+		if k.inner6 {
+			ping = "ping6"
+		}
+		out, err := e.vm.Run(fmt.Sprintf("%s -c 2 -W 2 -s 3000 %s", ping, us), 20*time.Second)
+		if err != nil || !strings.Contains(out, "2 packets received") {
+			t.Fatalf("%s: the kernel's 3000-byte ping of our stack (%s -> %s, fragmented inner packets): want 2 of 2 replies (%v):\n%s", k.name, vm, us, err, out)
+		}
+	})
+
 	if !pingFrom && !pingTo {
 		t.Fatalf("%s: TCP and UDP not tried: no ping got through in either direction (see above)", k.name)
 	}
