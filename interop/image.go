@@ -39,6 +39,8 @@ var Modules = []string{
 	"udp_tunnel", "ip6_udp_tunnel", "fou", "fou6",
 	// The network card (virtio_pci finds it, virtio_net drives it).
 	"virtio_pci", "virtio_net",
+	// The links of the router the path MTU tests put on the outer path.
+	"veth",
 }
 
 // CacheDir is where PrepareImage keeps the kernel package and the

@@ -55,6 +55,7 @@ func TestKernelInterop(t *testing.T) {
 	for _, k := range kinds {
 		t.Run(k.name, func(t *testing.T) { e.testKind(t, k) })
 	}
+	t.Run("path-mtu", e.testPathMTU)
 }
 
 // setup makes the namespace and its tap device, boots the VM there and
@@ -115,10 +116,12 @@ func setup(t *testing.T) *env {
 	for _, k := range kinds {
 		cmds = append(cmds, k.vmSetup()...)
 	}
+	cmds = append(cmds, routerSetup...)
 	cmds = append(cmds, fmt.Sprintf("head -c %d /dev/urandom > /tmp/blob", transferSize))
 	for _, c := range cmds {
 		e.vmRun(t, c, 10*time.Second)
 	}
+	e.setupRouterHost(t)
 	out := e.vmRun(t, "sha256sum /tmp/blob", 10*time.Second)
 	e.vmBlobSHA = strings.Fields(out)[0]
 	return e
@@ -134,25 +137,9 @@ func (e *env) vmRun(t testing.TB, cmd string, timeout time.Duration) string {
 	return out
 }
 
-// startStack starts the kind's stack inside the namespace; it closes when
-// the test ends.
-func (e *env) startStack(t *testing.T, k kind) *stack.Stack {
-	t.Helper()
-	var s *stack.Stack
-	err := e.ns.Do(func() (err error) {
-		s, err = stack.New(stack.Config{Tunnels: []stack.Tunnel{k.tunnel()}})
-		return err
-	})
-	if err != nil {
-		t.Fatalf("%s: stack.New in %s: %v", k.name, e.ns.Name(), err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
 // testKind runs ping, TCP and UDP both ways over one kind.
 func (e *env) testKind(t *testing.T, k kind) {
-	s := e.startStack(t, k)
+	s := e.startTunnel(t, k.tunnel())
 	us, vm := k.usInner().Addr(), k.vmInner().Addr()
 	t.Cleanup(func() {
 		if t.Failed() {
