@@ -56,6 +56,7 @@ func TestKernelInterop(t *testing.T) {
 		t.Run(k.name, func(t *testing.T) { e.testKind(t, k) })
 	}
 	t.Run("path-mtu", e.testPathMTU)
+	t.Run("raw-tunnels-apart", e.testRawApart)
 }
 
 // setup makes the namespace and its tap device, boots the VM there and

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipipstack/ipipstack/endpoint/encap"
 	"github.com/ipipstack/ipipstack/stack"
 )
 
@@ -186,4 +187,45 @@ func (e *env) tcpToFarErr(t *testing.T, s *stack.Stack, dst netip.AddrPort, data
 		return fmt.Errorf("TCP to %s: the kernel received %s bytes with SHA-256 %s, want %d bytes with %x", dst, f[len(f)-1], f[0], len(data), want)
 	}
 	return nil
+}
+
+// testRawApart runs the ipip and sit kinds' tunnels in one stack (two raw
+// IPv4 tunnels from the same local address to different peers) and pings
+// over ipip only: the sit tunnel must not see those packets, in its
+// counters or its LastSeen.
+func (e *env) testRawApart(t *testing.T) {
+	ipip, sit := kinds[0], kinds[1]
+	if ipip.name != "ipip" || sit.name != "sit" {
+		t.Fatalf("kinds[0:2] = %s, %s; want ipip, sit", ipip.name, sit.name)
+	}
+	var s *stack.Stack
+	err := e.ns.Do(func() (err error) {
+		s, err = stack.New(stack.Config{Tunnels: []stack.Tunnel{ipip.tunnel(), sit.tunnel()}})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("stack.New(ipip, sit) in %s: %v", e.ns.Name(), err)
+	}
+	t.Cleanup(func() { s.Close() })
+	before := s.Stats()[1]
+	out, err := e.vm.Run(fmt.Sprintf("ping -c 3 -W 2 %s", ipip.usInner().Addr()), 20*time.Second)
+	if err != nil || !strings.Contains(out, "3 packets received") {
+		t.Fatalf("ping over ipip with sit beside it: want 3 of 3 replies (%v):\n%s", err, out)
+	}
+	after := s.Stats()[1]
+	var drops uint64
+	var reasons []string
+	for r := range after.Drops {
+		if d := after.Drops[r] - before.Drops[r]; d != 0 {
+			drops += d
+			reasons = append(reasons, fmt.Sprintf("%v=%d", encap.Reason(r), d))
+		}
+	}
+	if after.RxPackets != before.RxPackets || drops != 0 || !after.LastSeen.Equal(before.LastSeen) {
+		// Known, reported: issue 16 (raw tunnels counting each other's
+		// packets, last_seen): each raw socket of a family receives
+		// every packet of its protocol.
+		t.Skipf("known bug (issue 16, raw tunnels counting each other's packets): 3 pings over ipip (%s) moved the sit tunnel's counters: rx %d -> %d, drops %v, LastSeen %v -> %v",
+			ipip.vmOuter(), before.RxPackets, after.RxPackets, reasons, before.LastSeen, after.LastSeen)
+	}
 }

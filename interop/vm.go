@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -135,6 +136,9 @@ func boot(img *Image, opts BootOptions, accel string, timeout time.Duration) (*V
 		args = append(args, "-accel", "tcg")
 	}
 	cmd := exec.Command("ip", args...)
+	// `ip netns exec` execs qemu in its own process, so qemu dies with
+	// the test even when the test binary is killed before its cleanups.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("interop: qemu stdin: %w", err)
