@@ -57,6 +57,7 @@ func TestKernelInterop(t *testing.T) {
 	}
 	t.Run("path-mtu", e.testPathMTU)
 	t.Run("raw-tunnels-apart", e.testRawApart)
+	t.Run("ipipstack-run", e.testBinary)
 }
 
 // setup makes the namespace and its tap device, boots the VM there and
