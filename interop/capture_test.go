@@ -3,8 +3,8 @@
 package interop
 
 import (
+	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,7 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipipstack/ipipstack/stack"
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // capture records the packets of one device of the namespace, from an
@@ -289,50 +295,70 @@ func udpChecksumOK(src, dst netip.Addr, udp []byte) bool {
 	return checksum(udp, sum) == 0
 }
 
-// isEchoRequest reports whether an inner packet is an ICMP or ICMPv6
-// echo request without IPv6 extension headers.
-func isEchoRequest(inner []byte) bool {
-	switch inner[0] >> 4 {
-	case 4:
-		ihl := int(inner[0]&0xf) * 4
-		return inner[9] == unix.IPPROTO_ICMP && len(inner) > ihl && inner[ihl] == 8
-	case 6:
-		return inner[6] == unix.IPPROTO_ICMPV6 && len(inner) > 40 && inner[40] == 128
+// innerTTL returns an inner packet's TTL or hop limit.
+func innerTTL(inner []byte) uint8 {
+	if inner[0]>>4 == 6 {
+		return inner[7]
 	}
-	return false
+	return inner[8]
 }
 
-// findEcho returns the first captured echo request of kind k sent from
-// src to dst, parsed.
-func findEcho(k kind, pkts []packet, src, dst netip.Addr) (outer, error) {
+// findTTL returns the first captured tunnel packet of kind k from src to
+// dst whose inner packet has TTL (hop limit) ttl, parsed.
+func findTTL(k kind, pkts []packet, src, dst netip.Addr, ttl uint8) (outer, error) {
 	for _, p := range pkts {
-		if o, inner, ok := parseOuter(k, src, dst, p.data); ok && isEchoRequest(inner) {
+		if o, inner, ok := parseOuter(k, src, dst, p.data); ok && innerTTL(inner) == ttl {
 			return o, nil
 		}
 	}
-	return outer{}, errors.New("no tunnel packet carrying an echo request")
+	return outer{}, fmt.Errorf("no tunnel packet with an inner TTL of %d", ttl)
 }
 
-// expectedDiff are the outer header fields in which our packets may differ
-// from the kernel's, and why; any other difference fails the test.
-func expectedDiff(k kind, field string) string {
-	switch field {
-	case "ID":
-		if k.fou {
-			// README, Wire formats: with DF the host kernel gives each
-			// datagram of our unconnected UDP socket ID 0 (RFC 6864
-			// section 4.1: the ID of an atomic datagram means nothing),
-			// where ip_tunnel's iptunnel_xmit always numbers them.
-			return "the ID of a DF datagram means nothing (RFC 6864); our UDP socket's kernel sends 0"
-		}
-	case "SrcPort":
-		if k.autoSport {
-			return "encap-sport auto hashes the flow into the source port; we send from our fixed port"
-		}
-	case "FlowLabel":
-		// ip6_tnl_xmit sets ip6_make_flowlabel's automatic flow label
-		// (net.ipv6.auto_flowlabels); the label is a hint only.
+// sendWithTTL sends one UDP datagram from our stack to dst with inner TTL
+// (hop limit) ttl, through a gVisor endpoint, since net.PacketConn has no
+// TTL option.
+func sendWithTTL(s *stack.Stack, dst netip.AddrPort, ttl uint8) error {
+	netProto, opt := ipv4.ProtocolNumber, tcpip.IPv4TTLOption
+	if dst.Addr().Is6() {
+		netProto, opt = ipv6.ProtocolNumber, tcpip.IPv6HopLimitOption
+	}
+	var wq waiter.Queue
+	ep, terr := s.GVisor().NewEndpoint(udp.ProtocolNumber, netProto, &wq)
+	if terr != nil {
+		return fmt.Errorf("gVisor UDP endpoint: %v", terr)
+	}
+	defer ep.Close()
+	if terr := ep.SetSockOptInt(opt, int(ttl)); terr != nil {
+		return fmt.Errorf("set TTL %d: %v", ttl, terr)
+	}
+	to := tcpip.FullAddress{Addr: tcpip.AddrFromSlice(dst.Addr().AsSlice()), Port: dst.Port()}
+	if _, terr := ep.Write(bytes.NewReader([]byte("ttl probe")), tcpip.WriteOptions{To: &to}); terr != nil {
+		return fmt.Errorf("write to %s: %v", dst, terr)
+	}
+	return nil
+}
+
+// expectedDiff says why our outer header may differ from the kernel's in
+// field, from the kernel's value to ours; "" means it may not. Each
+// exemption is for one pair of values only.
+func expectedDiff(k kind, field string, kernel, ours any) string {
+	switch {
+	case field == "ID" && k.fou && kernel == "non-zero" && ours == "zero":
+		// README, Wire formats: with DF the host kernel gives each
+		// datagram of our unconnected UDP socket ID 0 (RFC 6864 section
+		// 4.1: the ID of an atomic datagram means nothing), where
+		// ip_tunnel's iptunnel_xmit always numbers them.
+		return "the ID of a DF datagram means nothing (RFC 6864); our UDP socket's kernel sends 0"
+	case field == "SrcPort" && k.autoSport && kernel == "other" && ours == "fixed":
+		return "encap-sport auto hashes the flow into the source port; we send from our fixed port"
+	case field == "FlowLabel" && kernel == "non-zero" && ours == "zero":
+		// ip6_tnl_xmit sets ip6_make_flowlabel's automatic flow label.
 		return "Linux fills in an automatic flow label (net.ipv6.auto_flowlabels); RFC 6437 lets a source send 0"
+	case field == "TTL" && k.outer6 && kernel == "64" && ours == "inherited":
+		// ip6tnl's default hop limit is 64 (iproute2's
+		// DEFAULT_TNL_HOP_LIMIT), where encap.Policy's zero value
+		// inherits the inner one like ipip, on IPv6 outer headers too.
+		return "Linux ip6tnl defaults to hoplimit 64, our tunnels to inherit (encap.Policy.TTL 0, like ipip); ttl = 64 matches ip6tnl"
 	}
 	return ""
 }
@@ -348,7 +374,7 @@ func compareOuter(k kind, kernel, us outer) (expected, unexpected []string) {
 			continue
 		}
 		d := fmt.Sprintf("%s: the kernel sends %v, we send %v", f, a, b)
-		if why := expectedDiff(k, f); why != "" {
+		if why := expectedDiff(k, f, a, b); why != "" {
 			expected = append(expected, d+" ("+why+")")
 		} else {
 			unexpected = append(unexpected, d)
