@@ -30,6 +30,13 @@ const (
 	// and the 1200-byte link.
 	farMTU1400 = "198.51.100.2"
 	farMTU1200 = "198.51.101.2"
+	// farFOU and farMTU1400v6 are far's addresses for the FOU and the
+	// ip6tnl tunnel behind the 1400-byte link; routerAddr6 is the VM's
+	// eth0 address that routes there.
+	farFOU       = "198.51.100.3"
+	farMTU1400v6 = "2001:db8:100::2"
+	routerAddr6  = "2001:db8::10"
+	farFOU6      = "2001:db8:100::3"
 	// mtuExpires is net.ipv4.route.mtu_expires in the test's namespace
 	// (600 s by default): how long the host kernel keeps a learned path MTU.
 	mtuExpires = 5 * time.Second
@@ -61,6 +68,25 @@ var routerSetup = []string{
 	"ip -n far link add p2 type sit local " + farMTU1200 + " remote " + usOuter4.String(),
 	"ip -n far addr add fd00:0:0:98::2/64 dev p2",
 	"ip -n far link set p2 up",
+	// FOU over IPv4 and ip6tnl over IPv6 behind the 1400-byte link.
+	"sysctl -qw net.ipv6.conf.all.forwarding=1",
+	"ip addr add " + routerAddr6 + "/64 dev eth0 nodad",
+	"ip addr add 2001:db8:100::1/64 dev v0 nodad",
+	"ip -n far addr add " + farFOU + "/24 dev v1",
+	"ip -n far addr add " + farMTU1400v6 + "/64 dev v1 nodad",
+	"ip -n far -6 route add default via 2001:db8:100::1",
+	"ip -n far fou add port 5600 ipproto 4",
+	"ip -n far link add p3 type ipip local " + farFOU + " remote " + usOuter4.String() + " encap fou encap-sport 5600 encap-dport 6600 encap-csum",
+	"ip -n far addr add 10.0.97.2/30 dev p3",
+	"ip -n far link set p3 up",
+	"ip -n far link add p4 type ip6tnl mode ip6ip6 local " + farMTU1400v6 + " remote " + usOuter6.String() + " encaplimit none",
+	"ip -n far addr add fd00:0:0:96::2/64 dev p4 nodad",
+	"ip -n far link set p4 up",
+	"ip -n far addr add " + farFOU6 + "/64 dev v1 nodad",
+	"ip -n far fou add port 5601 ipproto 4 -6",
+	"ip -n far link add p5 type ip6tnl mode ipip6 local " + farFOU6 + " remote " + usOuter6.String() + " encaplimit none encap fou encap-sport 5601 encap-dport 6601 encap-csum",
+	"ip -n far addr add 10.0.95.2/30 dev p5",
+	"ip -n far link set p5 up",
 }
 
 // setupRouterHost routes far's links through the VM from the test's
@@ -68,6 +94,7 @@ var routerSetup = []string{
 func (e *env) setupRouterHost(t *testing.T) {
 	t.Helper()
 	e.ns.Run(t, "ip", "route", "add", "198.51.100.0/23", "via", routerAddr, "dev", tapDev)
+	e.ns.Run(t, "ip", "-6", "route", "add", "2001:db8:100::/64", "via", routerAddr6, "dev", tapDev)
 	err := e.ns.Do(func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/route/mtu_expires", []byte(fmt.Sprint(int(mtuExpires.Seconds()))), 0)
 	})
@@ -110,6 +137,50 @@ func (e *env) testPathMTU(t *testing.T) {
 		})
 	})
 
+	for _, c := range []struct {
+		name        string
+		tun         stack.Tunnel
+		far         string // far's outer address
+		dst         string // far's nc
+		before, mtu uint32 // tunnel MTU before and after
+	}{
+		{"frag-needed-fou4", stack.Tunnel{Name: "pmtu-fou4", Transport: stack.UDP,
+			Local: netip.AddrPortFrom(usOuter4, 6600), Remote: netip.MustParseAddrPort(farFOU + ":5600"),
+			Addresses: []netip.Prefix{netip.MustParsePrefix("10.0.97.1/30")}}, farFOU, "10.0.97.2:7007", 1472, 1372},
+		{"packet-too-big-fou6", stack.Tunnel{Name: "pmtu-fou6", Transport: stack.UDP,
+			Local: netip.AddrPortFrom(usOuter6, 6601), Remote: netip.AddrPortFrom(netip.MustParseAddr(farFOU6), 5601),
+			Addresses: []netip.Prefix{netip.MustParsePrefix("10.0.95.1/30")}}, farFOU6, "10.0.95.2:7009", 1452, 1352},
+		{"packet-too-big-ip6tnl", stack.Tunnel{Name: "pmtu-ip6tnl", Transport: stack.Raw,
+			Local: netip.AddrPortFrom(usOuter6, 0), Remote: netip.AddrPortFrom(netip.MustParseAddr(farMTU1400v6), 0),
+			Addresses: []netip.Prefix{netip.MustParsePrefix("fd00:0:0:96::1/64")}}, farMTU1400v6, "[fd00:0:0:96::2]:7008", 1460, 1360},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// As frag-needed-ipip (2 MiB), for FOU over IPv4, and for FOU
+			// over IPv6 and raw ip6tnl, which get the VM's ICMPv6 Packet
+			// Too Big instead.
+			s := e.startTunnel(t, c.tun)
+			if mtu := s.Stats()[0].MTU; mtu != c.before {
+				t.Fatalf("%s: tunnel MTU before = %d, want %d", c.tun.Name, mtu, c.before)
+			}
+			tooBig := e.icmp6InTooBig(t)
+			err := e.tcpToFarErr(t, s, netip.MustParseAddrPort(c.dst), blob(kind{idx: 97})[:2<<20], 15*time.Second)
+			route := e.ns.Run(t, "ip", "route", "get", c.far)
+			st := s.Stats()[0]
+			if err != nil {
+				t.Fatalf("%s: %v\nthe host kernel received %d ICMPv6 Packet Too Big meanwhile; its route to %s: %s; tunnel MTU %d (want %d): "+
+					"a path MTU the tunnel never learns black-holes every full-size packet",
+					c.tun.Name, err, e.icmp6InTooBig(t)-tooBig, c.far, strings.Join(strings.Fields(route), " "), st.MTU, c.mtu)
+			}
+			t.Logf("%s: after the transfer: tunnel MTU %d; host route: %s", c.tun.Name, st.MTU, strings.Join(strings.Fields(route), " "))
+			if !strings.Contains(route, " mtu 1400") {
+				t.Fatalf("%s: the VM's ICMP error did not reach the host kernel: ip route get %s = %q, want mtu 1400", c.tun.Name, c.far, route)
+			}
+			if st.MTU != c.mtu {
+				t.Fatalf("%s: after the VM's ICMP error (MTU 1400): tunnel MTU %d, want %d", c.tun.Name, st.MTU, c.mtu)
+			}
+		})
+	}
+
 	t.Run("inner-ipv6-outer-mtu-1200", func(t *testing.T) {
 		// Inner IPv6 over sit across the 1200-byte link: the tunnel MTU
 		// would be 1180, below IPv6's minimum of 1280, so, like Linux's
@@ -143,6 +214,21 @@ func (e *env) testRecovery(t *testing.T, s *stack.Stack, data []byte) {
 		// only ever lowers its MTU (endpoint/pmtu.go).
 		t.Skipf("pmtu-ipip: known bug (issue 16, path MTU recovery): the host kernel's path MTU to %s expired, yet the tunnel MTU stays %d after another transfer, want 1480", farMTU1400, mtu)
 	}
+}
+
+// icmp6InTooBig returns the host kernel's Icmp6InPktTooBigs counter in the
+// test's namespace.
+func (e *env) icmp6InTooBig(t *testing.T) int {
+	t.Helper()
+	for _, l := range strings.Split(e.ns.Run(t, "cat", "/proc/net/snmp6"), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "Icmp6InPktTooBigs" {
+			var n int
+			fmt.Sscan(f[1], &n)
+			return n
+		}
+	}
+	t.Fatalf("no Icmp6InPktTooBigs in /proc/net/snmp6 of %s", e.ns.Name())
+	return 0
 }
 
 // startTunnel starts a stack with one tunnel in the test's namespace; it
