@@ -11,7 +11,7 @@ BENCH    ?= .
 # the HTTP proxy, ssh is the real client of `ipipstack nc` (e2e TestNCSSH).
 DEB_TOOLS := tshark:tshark ping:iputils-ping curl:curl ip:iproute2 ssh:openssh-client
 
-.PHONY: all build test deps demo bench mem fuzz lint tools soak clean
+.PHONY: all build test deps demo bench mem fuzz lint tools soak clean interop
 
 # staticcheck, pinned: v0.8.2 (2026.2.2) is the first line built for Go 1.26.
 # It goes to bin/tools, not the user's GOBIN, so `make lint` never depends on
@@ -63,6 +63,17 @@ test: deps
 	@echo "== the IPv4 forwarding tests that skip under -race, without it"
 	$(GO) test -count=1 -run '^(TestRouterTCPTransfer|TestPathMTUNarrowMiddle|TestForward[A-Za-z0-9]*)$$' ./stack/
 	$(GO) test -count=1 -run '^TestDiag(Ping|Traceroute)$$' ./daemon/
+
+## interop: the tunnels against a real Linux kernel (root only): Debian's
+## kernel package, downloaded and cached under ~/.cache/ipipstack-interop,
+## boots in qemu inside a network namespace the test makes, with its ipip,
+## sit, ip6tnl and FOU tunnels as the peers of the project's stack (see
+## interop/doc.go). The build tag keeps it out of `make test`.
+INTEROP_TOOLS := qemu-system-x86_64:qemu-system-x86 busybox:busybox-static ip:iproute2 apt-get:apt dpkg-deb:dpkg
+interop:
+	@$(MAKE) --no-print-directory deps DEB_TOOLS="$(INTEROP_TOOLS)"
+	$(GO) vet -tags interop ./interop/
+	$(GO) test -tags interop -count=1 -timeout 10m -v -run '^TestKernelInterop$$' ./interop/
 
 ## bench: the benchmarks, COUNT runs each (for benchstat), then a table of
 ## medians with the ratios to the baselines (bench/out/TABLE.md) and a chart
