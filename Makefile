@@ -8,8 +8,9 @@ BENCH    ?= .
 
 # Debian packages the tests use: tshark opens the pcap captures, ping is
 # the kernel's ping in the TUN test, curl fetches through SOCKS5, forwards and
-# the HTTP proxy, ssh is the real client of `ipipstack nc` (e2e TestNCSSH).
-DEB_TOOLS := tshark:tshark ping:iputils-ping curl:curl ip:iproute2 ssh:openssh-client
+# the HTTP proxy, ssh is the real client of `ipipstack nc` (e2e TestNCSSH);
+# python3 and nc run the README's walk-through (e2e TestREADMEWalkthrough).
+DEB_TOOLS := tshark:tshark ping:iputils-ping curl:curl ip:iproute2 ssh:openssh-client python3:python3 nc:netcat-openbsd
 
 .PHONY: all build test deps demo bench mem fuzz lint tools soak clean interop
 
