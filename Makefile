@@ -53,7 +53,8 @@ deps:
 
 ## test: vet, then every test with the race detector. Privileged tests run
 ## as root and skip otherwise (IPIPSTACK_PRIVILEGED=1 makes a skip a failure).
-## The tests that forward IPv4 data through a router stack skip under -race:
+## The tests that forward IPv4 data through a router stack (or the TUN
+## device's stack) skip under -race:
 ## gVisor's IPv4 forwarding reads memory it has just freed (stack/forward.go,
 ## bug 4), which the race detector reports. A last run without -race runs them.
 test: deps
@@ -64,6 +65,7 @@ test: deps
 	@echo "== the IPv4 forwarding tests that skip under -race, without it"
 	$(GO) test -count=1 -run '^(TestRouterTCPTransfer|TestPathMTUNarrowMiddle|TestForward[A-Za-z0-9]*)$$' ./stack/
 	$(GO) test -count=1 -run '^TestDiag(Ping|Traceroute)$$' ./daemon/
+	$(GO) test -count=1 -run '^TestEndToEnd$$' ./service/tun/
 
 ## interop: the tunnels against a real Linux kernel (root only): Debian's
 ## kernel package, downloaded and cached under ~/.cache/ipipstack-interop,

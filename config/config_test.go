@@ -90,6 +90,7 @@ func TestLoadTwoPeersA(t *testing.T) {
 			Listen:         netip.MustParseAddrPort("127.0.0.1:3128"),
 			MaxConnections: 1024,
 		}},
+		DNS: &DNS{Servers: []netip.AddrPort{netip.MustParseAddrPort("10.99.0.2:53")}},
 	}
 	if diff := cmp.Diff(want, cfg, cmpOpts); diff != "" {
 		t.Errorf("Load(two-peers-a.hcl) mismatch (-want +got):\n%s", diff)

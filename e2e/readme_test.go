@@ -120,7 +120,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 	for _, s := range steps {
 		fixed.WriteString(s.cmd + "\n")
 	}
-	for _, name := range []string{"two-peers-a.hcl", "two-peers-b.hcl"} {
+	for _, name := range []string{"two-peers-a.hcl", "two-peers-b.hcl", "tunnel-dns.py"} {
 		b, err := os.ReadFile(filepath.Join("..", "examples", name))
 		if err != nil {
 			t.Fatal(err)

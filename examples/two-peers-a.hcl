@@ -8,6 +8,7 @@
 #   echo hi | nc -u -w1 127.0.0.1 7000            # forward "echo" (UDP) -> B's reverse "echo"
 #   curl --socks5 127.0.0.1:1080 http://10.99.0.2/  # any address inside the tunnel, via SOCKS5
 #   curl --proxy http://127.0.0.1:3128 http://10.99.0.2/  # the same through the HTTP proxy
+#   curl --proxy http://127.0.0.1:3128 http://web.tunnel/ # a name, resolved by B's DNS inside the tunnel
 #   ipipstack status -c examples/two-peers-a.hcl    # counters; SIGTERM (kill %2) drains and stops
 
 log {
@@ -49,6 +50,13 @@ forward "echo" {
 # require RFC 1929 authentication.
 socks5 "proxy" {
   listen = "127.0.0.1:1080"
+}
+
+# Names that SOCKS5 and HTTP proxy clients ask for are looked up through the
+# tunnel, by the DNS server B exposes at 10.99.0.2:53 (its reverse "dns");
+# never by the host's resolver.
+dns {
+  servers = ["10.99.0.2:53"]
 }
 
 # An HTTP proxy on the host whose connections are made inside the stack:

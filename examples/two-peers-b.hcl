@@ -1,7 +1,9 @@
-# Peer B of the two-peer demo; see two-peers-a.hcl. B exposes two host
+# Peer B of the two-peer demo; see two-peers-a.hcl. B exposes three host
 # services to the tunnel: a web server on 127.0.0.1:8000 (for example
-# `python3 -m http.server 8000 --bind 127.0.0.1`) and a UDP service on
-# 127.0.0.1:7007 (for example `socat UDP-LISTEN:7007,fork EXEC:cat`).
+# `python3 -m http.server 8000 --bind 127.0.0.1`), a UDP service on
+# 127.0.0.1:7007 (for example `socat UDP-LISTEN:7007,fork EXEC:cat`) and a
+# DNS server on 127.0.0.1:5353 that A's proxies ask for names (the README's
+# walk-through starts a small one that answers web.tunnel).
 
 log {
   level = "info"
@@ -32,4 +34,12 @@ reverse "echo" {
   listen       = "0.0.0.0:7"
   target       = "127.0.0.1:7007"
   idle_timeout = "30s"
+}
+
+# The DNS server of the tunnel: A's dns block asks 10.99.0.2:53.
+reverse "dns" {
+  protocol     = "udp"
+  listen       = "10.99.0.2:53"
+  target       = "127.0.0.1:5353"
+  idle_timeout = "10s"
 }
