@@ -122,7 +122,7 @@ func TestWarnInnerAddressMismatch(t *testing.T) {
 	b := example(t, "two-peers-b.hcl", map[string]string{
 		"127.0.0.1:4700": addr(tunA), "127.0.0.1:4701": addr(tunB), "127.0.0.1:9101": addr(statusB),
 		"127.0.0.1:8000": addr(freePort(t, "tcp")), "127.0.0.1:7007": addr(freePort(t, "udp")),
-		`"10.99.0.2/30"`: `"10.98.0.2/30"`, `"10.99.0.2:80"`: `"10.98.0.2:80"`,
+		`"10.99.0.2/30"`: `"10.98.0.2/30"`, `"10.99.0.2:80"`: `"10.98.0.2:80"`, `listen       = "10.99.0.2:53"`: `listen       = "10.98.0.2:53"`,
 	})
 	pb := start(t, "peer B", "run", "-c", writeFile(t, "b.hcl", b))
 	pa := start(t, "peer A", "run", "-c", writeFile(t, "a.hcl", a))

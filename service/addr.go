@@ -1,6 +1,8 @@
 package service
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 )
@@ -57,4 +59,22 @@ func AddrPort(a net.Addr) (ap netip.AddrPort, ok bool) {
 		return ap, false
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+}
+
+// ListenTCP listens for TCP on address through n, for a server whose errors
+// start with prefix ("socks5", "httpproxy"): a failure reads
+// "PREFIX: listen tcp ADDRESS: REASON", naming the network and address
+// once, however n words it.
+func ListenTCP(n Network, address, prefix string) (net.Listener, error) {
+	ln, err := n.Listen(NetworkFor("tcp", address), address)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "listen" {
+			cp := *op
+			cp.Net = "tcp"
+			return nil, fmt.Errorf("%s: %w", prefix, &cp)
+		}
+		return nil, fmt.Errorf("%s: listen tcp %s: %w", prefix, address, err)
+	}
+	return ln, nil
 }

@@ -283,15 +283,9 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("httpproxy: %w", err)
 	}
-	ln, err := orHost(s.ClientNetwork).Listen(service.NetworkFor("tcp", s.Listen), s.Listen)
+	ln, err := service.ListenTCP(orHost(s.ClientNetwork), s.Listen, "httpproxy")
 	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "listen" {
-			cp := *op
-			cp.Net = "tcp"
-			return fmt.Errorf("httpproxy: %w", &cp)
-		}
-		return fmt.Errorf("httpproxy: listen tcp %s: %w", s.Listen, err)
+		return err
 	}
 	if err := s.setListener(ln); err != nil {
 		return err

@@ -251,16 +251,9 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("socks5: %w", err)
 	}
-	network := service.NetworkFor("tcp", s.Listen)
-	ln, err := orHost(s.ClientNetwork).Listen(network, s.Listen)
+	ln, err := service.ListenTCP(orHost(s.ClientNetwork), s.Listen, "socks5")
 	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "listen" {
-			cp := *op
-			cp.Net = "tcp"
-			return fmt.Errorf("socks5: %w", &cp)
-		}
-		return fmt.Errorf("socks5: listen tcp %s: %w", s.Listen, err)
+		return err
 	}
 	if err := s.setListener(ln); err != nil {
 		return err
