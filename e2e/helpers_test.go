@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -28,20 +30,43 @@ import (
 // it pick them.
 func freePort(t testing.TB, network string) int {
 	t.Helper()
-	if network == "udp" {
-		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	// Ports the kernel hands out for port 0 (and for every outgoing
+	// connection) come from the ephemeral range, 32768-60999 by default:
+	// one freed here could be taken by another test's connection before
+	// the process under test binds it. Ports below that range are handed
+	// out only from here, each once per test binary, and checked free for
+	// TCP and UDP both.
+	for range 2000 {
+		port := int(portBase + nextPort.Add(1)%8000)
+		if bindable(port) {
+			return port
 		}
-		defer pc.Close()
-		return pc.LocalAddr().(*net.UDPAddr).Port
 	}
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	t.Fatal("no free port below the ephemeral range")
+	return 0
+}
+
+// portBase spreads the ports of concurrent test binaries (one per package
+// run) over 20000-32000, below the ephemeral range.
+var (
+	portBase = uint32(20000 + os.Getpid()%100*40)
+	nextPort atomic.Uint32
+)
+
+// bindable reports whether 127.0.0.1:port can be bound for TCP and UDP.
+func bindable(port int) bool {
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	ln, err := net.Listen("tcp4", addr)
 	if err != nil {
-		t.Fatal(err)
+		return false
 	}
 	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	pc, err := net.ListenPacket("udp4", addr)
+	if err != nil {
+		return false
+	}
+	pc.Close()
+	return true
 }
 
 // syncBuffer collects a process's output.
