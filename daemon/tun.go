@@ -1,15 +1,12 @@
 package daemon
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/ipipstack/ipipstack/service/tun"
@@ -42,30 +39,10 @@ func defaultStartTUN(ctx context.Context, s *stack.Stack, o TUNOptions) (io.Clos
 	return dev, nil
 }
 
-// capNetAdmin is CAP_NET_ADMIN's bit in the capability sets
-// (linux/capability.h).
-const capNetAdmin = 12
-
 // hasNetAdmin reports whether the process has CAP_NET_ADMIN in its
-// effective set. A variable so that tests can pretend either way.
-var hasNetAdmin = func() bool {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return os.Geteuid() == 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			if err != nil {
-				return os.Geteuid() == 0
-			}
-			return caps&(1<<capNetAdmin) != 0
-		}
-	}
-	return os.Geteuid() == 0
-}
+// effective set (privilege.go). A variable so that tests can pretend
+// either way.
+var hasNetAdmin = func() bool { return hasCapability(CapNetAdmin) }
 
 // errNeedNetAdmin explains a missing privilege.
 var errNeedNetAdmin = errors.New("creating a TUN device needs CAP_NET_ADMIN (or root): run as root, or grant it with `setcap cap_net_admin+ep ipipstack`")
