@@ -615,16 +615,7 @@ func (d *decoder) decodeSOCKS5(b *hcl.Block) (SOCKS5, hcl.Attributes) {
 		}
 		return v, ok
 	}
-	user, userOK := cred("username")
-	pass, passOK := cred("password")
-	switch ua, pa := a["username"], a["password"]; {
-	case ua != nil && pa == nil:
-		d.errorf(ua.NameRange, &ua.Range, "Username without password",
-			"RFC 1929 authentication needs both a username and a password; add password, or remove username to accept clients without authentication.")
-	case pa != nil && ua == nil:
-		d.errorf(pa.NameRange, &pa.Range, "Password without username",
-			"RFC 1929 authentication needs both a username and a password; add username, or remove password to accept clients without authentication.")
-	case userOK && passOK:
+	if user, pass, ok := d.credentials(a, "RFC 1929", cred); ok {
 		s.Username, s.Password = user, pass
 	}
 	if v, ok := d.integer(a["max_connections"], 1, maxConnectionsLimit, ""); ok {
@@ -797,4 +788,23 @@ func formatRate(r int64) string {
 		}
 	}
 	return strconv.FormatInt(r, 10) + "bit"
+}
+
+// credentials decodes a block's username and password, each with cred,
+// and reports them when both are given; one without the other is an error
+// that names scheme ("RFC 1929", "Basic").
+func (d *decoder) credentials(a hcl.Attributes, scheme string, cred func(name string) (string, bool)) (user, pass string, ok bool) {
+	user, userOK := cred("username")
+	pass, passOK := cred("password")
+	switch ua, pa := a["username"], a["password"]; {
+	case ua != nil && pa == nil:
+		d.errorf(ua.NameRange, &ua.Range, "Username without password",
+			"%s authentication needs both a username and a password; add password, or remove username to accept clients without authentication.", scheme)
+	case pa != nil && ua == nil:
+		d.errorf(pa.NameRange, &pa.Range, "Password without username",
+			"%s authentication needs both a username and a password; add username, or remove password to accept clients without authentication.", scheme)
+	case userOK && passOK:
+		return user, pass, true
+	}
+	return "", "", false
 }

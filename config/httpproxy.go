@@ -63,16 +63,7 @@ func (d *decoder) decodeHTTPProxy(b *hcl.Block) (HTTPProxy, hcl.Attributes) {
 		}
 		return v, ok
 	}
-	user, userOK := cred("username")
-	pass, passOK := cred("password")
-	switch ua, pa := a["username"], a["password"]; {
-	case ua != nil && pa == nil:
-		d.errorf(ua.NameRange, &ua.Range, "Username without password",
-			"Basic authentication needs both a username and a password; add password, or remove username to accept clients without authentication.")
-	case pa != nil && ua == nil:
-		d.errorf(pa.NameRange, &pa.Range, "Password without username",
-			"Basic authentication needs both a username and a password; add username, or remove password to accept clients without authentication.")
-	case userOK && passOK:
+	if user, pass, ok := d.credentials(a, "Basic", cred); ok {
 		p.Username, p.Password = user, pass
 	}
 	if v, ok := d.integer(a["max_connections"], 1, maxConnectionsLimit, ""); ok {
