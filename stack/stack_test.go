@@ -74,6 +74,14 @@ func newPair(t testing.TB, outer string, edit func(side int, tun *stack.Tunnel))
 // other over one TCP connection and checks that they arrive byte-exact.
 func transfer(t testing.TB, from, to *stack.Stack, listen string, n int64) time.Duration {
 	t.Helper()
+	return transferMidway(t, from, to, listen, n, nil)
+}
+
+// transferMidway is transfer that, once half of the bytes are written,
+// runs midway (if not nil) while the rest are written, and fails the test
+// if it returns an error.
+func transferMidway(t testing.TB, from, to *stack.Stack, listen string, n int64, midway func() error) time.Duration {
+	t.Helper()
 	ln, err := to.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
@@ -108,10 +116,22 @@ func transfer(t testing.TB, from, to *stack.Stack, listen string, n int64) time.
 	start := time.Now()
 	h := sha256.New()
 	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{1, 2, 3}), n), h)
+	changed := make(chan error, 1)
+	if midway == nil {
+		changed <- nil
+	} else {
+		if _, err := io.CopyN(c, src, n/2); err != nil {
+			t.Fatal(err)
+		}
+		go func() { changed <- midway() }()
+	}
 	if _, err := io.Copy(c, src); err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
+	if err := <-changed; err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case r := <-done:
 		if r.err != nil {

@@ -1,12 +1,8 @@
 package stack_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
-	"io"
-	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -81,69 +77,13 @@ func TestAddRemoveTunnelWhileTransferring(t *testing.T) {
 	t2a.Routes = []netip.Prefix{netip.MustParsePrefix("10.162.0.0/16")}
 	newPeerStack(t, t2d)
 
-	ln, err := b.Listen("tcp", "10.61.0.2:9000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	type result struct {
-		sum [32]byte
-		n   int64
-		err error
-	}
-	got := make(chan result, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- result{err: err}
-			return
-		}
-		defer c.Close()
-		h := sha256.New()
-		var r result
-		r.n, r.err = io.Copy(h, c)
-		copy(r.sum[:], h.Sum(nil))
-		got <- r
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := a.DialContext(ctx, "tcp", "10.61.0.2:9000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	const half = 8 << 20
-	h := sha256.New()
-	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{7}), 2*half), h)
-	if _, err := io.CopyN(c, src, half); err != nil {
-		t.Fatal(err)
-	}
-	// Change the tunnels while the second half is written.
-	changed := make(chan error, 1)
-	go func() {
+	// Change the tunnels while the second half of 16 MiB is written.
+	transferMidway(t, a, b, "10.61.0.2:9000", 16<<20, func() error {
 		if err := a.AddTunnel(t2a); err != nil {
-			changed <- err
-			return
+			return err
 		}
-		changed <- a.RemoveTunnel("t3")
-	}()
-	if _, err := io.Copy(c, src); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	if err := <-changed; err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case r := <-got:
-		if r.err != nil {
-			t.Fatalf("receiver: %v", r.err)
-		}
-		if r.n != 2*half || !bytes.Equal(r.sum[:], h.Sum(nil)) {
-			t.Fatalf("received %d bytes with SHA-256 %x, sent %d with %x", r.n, r.sum, 2*half, h.Sum(nil))
-		}
-	case <-time.After(120 * time.Second):
-		t.Fatal("transfer did not finish in 120 s")
-	}
+		return a.RemoveTunnel("t3")
+	})
 
 	if hasRouteVia(a, "t3") {
 		t.Errorf("routes through removed t3 remain: %v", a.Routes())
