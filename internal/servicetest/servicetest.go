@@ -134,6 +134,13 @@ func (b *LogBuffer) Write(p []byte) (int, error) {
 	return b.buf.Write(p)
 }
 
+// String returns everything logged so far.
+func (b *LogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 // Lines returns the lines logged at level ("WARN", "DEBUG", ...) whose
 // text contains substr.
 func (b *LogBuffer) Lines(level, substr string) []string {

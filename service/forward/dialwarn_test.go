@@ -1,33 +1,15 @@
 package forward
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // warnLines returns the lines of log at level WARN.
 func warnLines(log string) []string {
@@ -47,7 +29,7 @@ func TestTCPDialFailureWarnsOnce(t *testing.T) {
 	target := dead.Addr().String()
 	dead.Close()
 
-	var buf syncBuffer
+	var buf servicetest.LogBuffer
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	f := startTCP(t, target, func(f *TCP) { f.Name = "web"; f.Logger = log })
 	for range 5 {
@@ -68,7 +50,7 @@ func TestTCPDialFailureWarnsOnce(t *testing.T) {
 
 // A dial that times out says "timeout" and the dial_timeout it waited.
 func TestTCPDialTimeoutWarns(t *testing.T) {
-	var buf syncBuffer
+	var buf servicetest.LogBuffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
 	// A target that never answers: a network whose dial blocks until ctx ends.
 	f := startTCP(t, "192.0.2.1:80", func(f *TCP) {

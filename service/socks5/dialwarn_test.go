@@ -1,30 +1,13 @@
 package socks5
 
 import (
-	"bytes"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // At the default level, failed CONNECTs are one warning naming the proxy,
 // the target and the reason, however many fail.
@@ -36,7 +19,7 @@ func TestConnectFailureWarnsOnce(t *testing.T) {
 	dead := AddrFromNetAddr(ln.Addr())
 	ln.Close()
 
-	var buf syncBuffer
+	var buf servicetest.LogBuffer
 	log := slog.New(slog.NewTextHandler(&buf, nil)).With("socks5", "proxy")
 	s := startServer(t, func(s *Server) { s.Logger = log })
 	for range 3 {
