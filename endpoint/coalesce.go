@@ -2,12 +2,12 @@ package endpoint
 
 import (
 	"encoding/binary"
-	"unsafe"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
 
 // Receive coalescing: a UDP GRO read holds many datagrams of one flow back
@@ -218,7 +218,7 @@ func (e *Endpoint) deliverCoalesced(rx *rxBatch, m *Message, seg *Message, buf *
 			continue
 		}
 		// inner is a prefix of p (FramingUDP), so it starts at off.
-		if coalesce && verified && unsafe.SliceData(inner) == unsafe.SliceData(p) {
+		if coalesce && verified && &inner[0] == &p[0] {
 			if g.add(inner, off) {
 				continue
 			}
@@ -240,4 +240,21 @@ func netProtoOf(v6 bool) tcpip.NetworkProtocolNumber {
 		return header.IPv6ProtocolNumber
 	}
 	return header.IPv4ProtocolNumber
+}
+
+// groDispatcher feeds the stack through gVisor's GRO engine, which merges
+// consecutive TCP segments of a flow into one packet before TCP sees it.
+type groDispatcher struct {
+	g gro.GRO
+}
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher: it enqueues pkt
+// into GRO; the caller keeps its reference.
+func (d *groDispatcher) DeliverNetworkPacket(_ tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	d.g.Enqueue(pkt)
+}
+
+// DeliverLinkPacket implements stack.NetworkDispatcher.
+func (d *groDispatcher) DeliverLinkPacket(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	d.g.Dispatcher.DeliverLinkPacket(p, pkt)
 }

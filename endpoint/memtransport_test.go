@@ -3,6 +3,9 @@ package endpoint
 import (
 	"net/netip"
 	"sync"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // memTransport is an in-memory Transport of any framing.
@@ -85,3 +88,46 @@ func (m *memTransport) takeData() [][]byte {
 	}
 	return d
 }
+
+// recDispatcher is a stack.NetworkDispatcher that records delivered packets.
+type recDispatcher struct {
+	mu   sync.Mutex
+	pkts []recPacket
+}
+
+type recPacket struct {
+	proto tcpip.NetworkProtocolNumber
+	data  []byte
+}
+
+func (d *recDispatcher) DeliverNetworkPacket(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	v := pkt.ToView()
+	data := append([]byte(nil), v.AsSlice()...)
+	v.Release()
+	d.mu.Lock()
+	d.pkts = append(d.pkts, recPacket{p, data})
+	d.mu.Unlock()
+}
+
+func (d *recDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
+
+func (d *recDispatcher) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.pkts)
+}
+
+func (d *recDispatcher) take() []recPacket {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := d.pkts
+	d.pkts = nil
+	return p
+}
+
+// nopDispatcher discards packets, for allocation measurements.
+type nopDispatcher struct{}
+
+func (nopDispatcher) DeliverNetworkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
+
+func (nopDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}

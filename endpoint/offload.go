@@ -7,7 +7,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
 
 // Offloads are the segmentation offloads a Transport supports. A Transport
@@ -70,20 +69,6 @@ func gsoMaxSize(mtu uint32) uint32 {
 		return 0
 	}
 	return uint32(segs*payload + header.TCPTotalHeaderMaximumSize + 1)
-}
-
-// finishChecksum completes the TCP checksum of a packet for which gVisor
-// wrote only the pseudo-header sum (host GSO, CHECKSUM_PARTIAL): the sum
-// over the TCP header, whose checksum field holds the pseudo-header sum,
-// and the payload is the checksum.
-func finishChecksum(pkt *stack.PacketBuffer) {
-	tcp := header.TCP(pkt.TransportHeader().Slice())
-	if len(tcp) < header.TCPMinimumSize {
-		return
-	}
-	sum := checksum.Checksum(tcp, 0)
-	sum = checksum.Combine(sum, pkt.Data().Checksum())
-	tcp.SetChecksum(^sum)
 }
 
 // segmentTCP cuts the TCP super-segment pkt into packets of at most mss
@@ -165,21 +150,4 @@ func segmentTCP(out []byte, pkt *stack.PacketBuffer, mss int) (n, segSize int) {
 		n = start + hdr + plen
 	}
 	return n, hdr + mss
-}
-
-// groDispatcher feeds the stack through gVisor's GRO engine, which merges
-// consecutive TCP segments of a flow into one packet before TCP sees it.
-type groDispatcher struct {
-	g gro.GRO
-}
-
-// DeliverNetworkPacket implements stack.NetworkDispatcher: it enqueues pkt
-// into GRO; the caller keeps its reference.
-func (d *groDispatcher) DeliverNetworkPacket(_ tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	d.g.Enqueue(pkt)
-}
-
-// DeliverLinkPacket implements stack.NetworkDispatcher.
-func (d *groDispatcher) DeliverLinkPacket(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	d.g.Dispatcher.DeliverLinkPacket(p, pkt)
 }

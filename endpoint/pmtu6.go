@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/ipipstack/ipipstack/endpoint/encap"
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
@@ -164,50 +162,6 @@ func (e *Endpoint) DestinationMTU(dst netip.Addr) uint32 {
 		}
 	}
 	return e.MTU()
-}
-
-// learnTooBig records the path MTU reported by pkt, an inner IPv6 packet
-// with next header ICMPv6 that decap accepted, if it is a Packet Too Big to
-// learn from (parseTooBig).
-func (e *Endpoint) learnTooBig(pkt []byte) {
-	dst, mtu, ok := parseTooBig(pkt, e.mtu.Load())
-	if !ok || !e.pmtu6.learn(dst, mtu) {
-		return
-	}
-	e.stats.pmtuLearned.Add(1)
-	e.log.Debug("path MTU learned from Packet Too Big", "tunnel", e.name,
-		"dst", netip.AddrFrom16(dst), "mtu", mtu)
-}
-
-// parseTooBig reads pkt, an IPv6 packet whose next header is ICMPv6,
-// trimmed to its length. If it is a Packet Too Big (RFC 4443 §3.2) with a
-// valid checksum that quotes a packet its destination sent and reports an
-// MTU of at least 1280 and below linkMTU, parseTooBig returns the quoted
-// packet's destination and the MTU.
-func parseTooBig(pkt []byte, linkMTU uint32) (dst [16]byte, mtu uint32, ok bool) {
-	const (
-		icmp  = header.IPv6MinimumSize
-		quote = icmp + header.ICMPv6PacketTooBigMinimumSize
-	)
-	if len(pkt) < quote+header.IPv6MinimumSize || pkt[6] != uint8(header.ICMPv6ProtocolNumber) ||
-		pkt[icmp] != uint8(header.ICMPv6PacketTooBig) || pkt[quote]>>4 != 6 {
-		return dst, 0, false
-	}
-	mtu = binary.BigEndian.Uint32(pkt[icmp+4:])
-	if mtu < MinIPv6MTU || mtu >= linkMTU {
-		return dst, 0, false
-	}
-	// The quoted packet's source (bytes 8-23) is the message's destination
-	// (24-39).
-	if [16]byte(pkt[quote+8:quote+24]) != [16]byte(pkt[24:40]) {
-		return dst, 0, false
-	}
-	sum := header.PseudoHeaderChecksum(header.ICMPv6ProtocolNumber,
-		tcpip.AddrFrom16([16]byte(pkt[8:24])), tcpip.AddrFrom16([16]byte(pkt[24:40])), uint16(len(pkt)-icmp))
-	if checksum.Checksum(pkt[icmp:], sum) != 0xffff {
-		return dst, 0, false
-	}
-	return [16]byte(pkt[quote+24 : quote+40]), mtu, true
 }
 
 // isIPv6ExtensionHeader reports whether an IPv6 next header value is an

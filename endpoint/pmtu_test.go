@@ -40,7 +40,7 @@ func TestFixPacketTooBig(t *testing.T) {
 		sum := header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: icmp[:8], Src: tcpip.AddrFrom16(src.As16()), Dst: tcpip.AddrFrom16(dst.As16()),
 			PayloadCsum: checksum.Checksum(quote, 0), PayloadLen: len(quote)})
 		icmp.SetChecksum(sum)
-		fixPacketTooBig(p)
+		clampTooBig(p)
 		want := max(mtu, MinIPv6MTU)
 		if got := icmp.MTU(); got != want {
 			t.Errorf("MTU %d: fixed to %d, want %d", mtu, got, want)
@@ -54,10 +54,10 @@ func TestFixPacketTooBig(t *testing.T) {
 func TestTooBigMessage(t *testing.T) {
 	a4, b4 := netip.MustParseAddr("10.0.1.1"), netip.MustParseAddr("10.0.2.2")
 	syn := seedIPv4(a4, b4, 6, 0, 0x4000, seedTCPSyn(a4, b4)) // DF
-	if tooBigMessage(syn, 1372) == nil {
+	if makeTooBig(syn, 1372) == nil {
 		t.Fatal("no Fragmentation Needed for a DF packet")
 	}
-	m := tooBigMessage(syn, 1372)
+	m := makeTooBig(syn, 1372)
 	ip := header.IPv4(m)
 	if !ip.IsChecksumValid() || ip.SourceAddress() != tcpip.AddrFrom4(b4.As4()) || ip.DestinationAddress() != tcpip.AddrFrom4(a4.As4()) {
 		t.Errorf("IPv4 header %x: bad checksum or addresses", m[:20])
@@ -71,20 +71,20 @@ func TestTooBigMessage(t *testing.T) {
 		t.Errorf("quoted %d bytes, want %d", got, want)
 	}
 	noDF := seedIPv4(a4, b4, 17, 0, 0, make([]byte, 100))
-	if tooBigMessage(noDF, 1372) != nil {
+	if makeTooBig(noDF, 1372) != nil {
 		t.Error("Fragmentation Needed for a packet without DF")
 	}
 
 	a6, b6 := netip.MustParseAddr("fd00:0:1::1"), netip.MustParseAddr("fd00:0:2::2")
 	big := seedIPv6(a6, b6, 17, make([]byte, 1400))
-	m = tooBigMessage(big, 1352)
+	m = makeTooBig(big, 1352)
 	if m == nil || len(m) != MinIPv6MTU {
 		t.Fatalf("Packet Too Big of %d bytes, want %d", len(m), MinIPv6MTU)
 	}
 	if icmp := header.ICMPv6(m[40:]); icmp.Type() != header.ICMPv6PacketTooBig || icmp.MTU() != 1352 || !icmpv6Valid(m) {
 		t.Errorf("ICMPv6 %x: want Packet Too Big, MTU 1352, valid checksum", icmp[:8])
 	}
-	if tooBigMessage(m, 1352) != nil {
+	if makeTooBig(m, 1352) != nil {
 		t.Error("Packet Too Big in answer to an ICMPv6 error")
 	}
 }

@@ -3,6 +3,7 @@ package endpoint
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"sync"
 	"time"
@@ -167,4 +168,47 @@ func echoRequest(from, to netip.Addr, nonce []byte) []byte {
 	copy(l4[4:], nonce)
 	binary.BigEndian.PutUint16(l4[2:], ^checksum.Checksum(l4, pseudoSum(from, to, protoICMPv6, l4len)))
 	return b
+}
+
+// txPeer is the peer as the send path sees it: its outer address and, for
+// a raw transport, the encoder of outer headers addressed to it (nil for
+// UDP, whose outer header the kernel writes from Message.Addr).
+type txPeer struct {
+	addr netip.AddrPort
+	enc  *encap.Encoder
+}
+
+// setRemote makes peer, to which the peer roamed, the destination of what
+// the endpoint sends: the socket address and, over raw sockets
+// (IP_HDRINCL: the kernel sends the header as the endpoint wrote it), the
+// outer header's destination. It allocates; roaming is rare.
+func (e *Endpoint) setRemote(peer netip.AddrPort) {
+	p, err := e.newTxPeer(peer)
+	if err != nil {
+		// Not reached: the receiving socket's family is the local one.
+		e.log.Warn("tunnel peer not moved", "tunnel", e.name, "to", peer, "err", err)
+		return
+	}
+	e.storePeer(p)
+}
+
+func (e *Endpoint) newTxPeer(peer netip.AddrPort) (*txPeer, error) {
+	p := &txPeer{addr: peer}
+	if e.framing != FramingUDP {
+		enc, err := encap.NewEncoder(e.local, peer.Addr(), e.pol)
+		if err != nil {
+			return nil, fmt.Errorf("endpoint: outer header from %v to %v: %w", e.local, peer.Addr(), err)
+		}
+		p.enc = enc
+	}
+	return p, nil
+}
+
+// storePeer swaps in p for both paths. roamMu keeps remote and peer from
+// naming different peers when two receive goroutines see a roam at once.
+func (e *Endpoint) storePeer(p *txPeer) {
+	e.roamMu.Lock()
+	defer e.roamMu.Unlock()
+	e.peer.Store(p)
+	e.remote.Store(&p.addr)
 }

@@ -261,49 +261,6 @@ func (e *Endpoint) txChecksum(tb *txBatch, pkt *stack.PacketBuffer, remote netip
 	return false
 }
 
-// checksumField returns where the checksum of a transport header of proto
-// is and the header's minimum length; ok is false for protocols other
-// than TCP and UDP.
-func checksumField(proto tcpip.TransportProtocolNumber) (off, hdrLen int, ok bool) {
-	switch proto {
-	case header.TCPProtocolNumber:
-		return header.TCPChecksumOffset, header.TCPMinimumSize, true
-	case header.UDPProtocolNumber:
-		return udpChecksumOffset, header.UDPMinimumSize, true
-	}
-	return 0, 0, false
-}
-
-// completeChecksum computes the TCP or UDP checksum of a whole packet.
-func completeChecksum(pkt *stack.PacketBuffer, f *l3Info) {
-	off, hdrLen, ok := checksumField(f.proto)
-	if !ok {
-		return
-	}
-	b, _, ok := l4Header(pkt, hdrLen)
-	if !ok {
-		return
-	}
-	b[off], b[off+1] = 0, 0
-	sum, n := l4Sum(pkt)
-	sum = checksum.Combine(sum, header.PseudoHeaderChecksum(f.proto, f.src, f.dst, uint16(n)))
-	binary.BigEndian.PutUint16(b[off:], finalChecksum(f.proto, sum))
-}
-
-// udpChecksumOffset is where a UDP header holds its checksum (RFC 768).
-const udpChecksumOffset = 6
-
-// finalChecksum is the checksum field for the one's complement sum sum: its
-// complement, except that UDP sends a computed 0 as 0xffff (RFC 768), since
-// 0 means no checksum.
-func finalChecksum(proto tcpip.TransportProtocolNumber, sum uint16) uint16 {
-	c := ^sum
-	if c == 0 && proto == header.UDPProtocolNumber {
-		c = 0xffff
-	}
-	return c
-}
-
 // holdFirstFragment holds pkt, a first fragment, if its datagram is UDP
 // or TCP and has no checksum yet.
 func (c *TXChecksummer) holdFirstFragment(pkt *stack.PacketBuffer, f *l3Info) (v TXVerdict, first *stack.PacketBuffer, dropped bool) {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,48 +22,6 @@ import (
 // without sockets: memTransport hands crafted datagrams to the endpoint's
 // receive goroutine and records what the endpoint writes, and recDispatcher
 // records what reaches the stack.
-
-// recDispatcher is a stack.NetworkDispatcher that records delivered packets.
-type recDispatcher struct {
-	mu   sync.Mutex
-	pkts []recPacket
-}
-
-type recPacket struct {
-	proto tcpip.NetworkProtocolNumber
-	data  []byte
-}
-
-func (d *recDispatcher) DeliverNetworkPacket(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	v := pkt.ToView()
-	data := append([]byte(nil), v.AsSlice()...)
-	v.Release()
-	d.mu.Lock()
-	d.pkts = append(d.pkts, recPacket{p, data})
-	d.mu.Unlock()
-}
-
-func (d *recDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
-
-func (d *recDispatcher) count() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return len(d.pkts)
-}
-
-func (d *recDispatcher) take() []recPacket {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	p := d.pkts
-	d.pkts = nil
-	return p
-}
-
-// nopDispatcher discards packets, for allocation measurements.
-type nopDispatcher struct{}
-
-func (nopDispatcher) DeliverNetworkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
-func (nopDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer)    {}
 
 // Outer addresses of the tests: the endpoint is 192.0.2.2 / 2001:db8::2,
 // its peer 192.0.2.1 / 2001:db8::1.
