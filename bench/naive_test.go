@@ -36,8 +36,9 @@ import (
 
 const naiveSocketBuffer = 4 << 20
 
-// naiveLink is the minimal stack.LinkEndpoint over a connected-to-nothing
-// *net.UDPConn. It owns conn: Close closes it.
+// naiveLink is the minimal stack.LinkEndpoint over an unconnected
+// *net.UDPConn that sends to, and accepts datagrams from, one peer. It owns
+// conn: Close closes it.
 type naiveLink struct {
 	conn *net.UDPConn
 	peer netip.AddrPort
@@ -50,7 +51,7 @@ type naiveLink struct {
 	done       sync.WaitGroup
 
 	// Drops, by reason; a benchmark reports them if any moved.
-	dropNotPeer, dropBadVersion, dropWrite atomic.Uint64
+	dropNotPeer, dropBadVersion, dropDetached, dropWrite atomic.Uint64
 }
 
 var _ gvstack.LinkEndpoint = (*naiveLink)(nil)
@@ -95,8 +96,9 @@ func setNaiveBuffers(c *net.UDPConn) error {
 	return serr
 }
 
-// readLoop delivers one datagram at a time until the socket is closed.
-func (l *naiveLink) readLoop(d gvstack.NetworkDispatcher) {
+// readLoop delivers one datagram at a time until the socket is closed, to
+// the dispatcher attached at the time (none after Attach(nil)).
+func (l *naiveLink) readLoop() {
 	defer l.done.Done()
 	buf := make([]byte, 65535)
 	for {
@@ -116,6 +118,13 @@ func (l *naiveLink) readLoop(d gvstack.NetworkDispatcher) {
 			proto = header.IPv6ProtocolNumber
 		default:
 			l.dropBadVersion.Add(1)
+			continue
+		}
+		l.mu.Lock()
+		d := l.dispatcher
+		l.mu.Unlock()
+		if d == nil {
+			l.dropDetached.Add(1)
 			continue
 		}
 		// MakeWithData copies: buf is reused for the next datagram.
@@ -150,7 +159,7 @@ func (l *naiveLink) Attach(d gvstack.NetworkDispatcher) {
 	if d != nil && !l.started {
 		l.started = true
 		l.done.Add(1)
-		go l.readLoop(d)
+		go l.readLoop()
 	}
 }
 
@@ -257,8 +266,9 @@ func (n *naiveNet) txPackets() uint64 {
 }
 
 // drops sums the link's drops of every reason.
-func (n *naiveNet) drops() (notPeer, badVersion, write uint64) {
-	return n.link.dropNotPeer.Load(), n.link.dropBadVersion.Load(), n.link.dropWrite.Load()
+func (n *naiveNet) drops() (notPeer, badVersion, detached, write uint64) {
+	l := n.link
+	return l.dropNotPeer.Load(), l.dropBadVersion.Load(), l.dropDetached.Load(), l.dropWrite.Load()
 }
 
 // BenchmarkBaselineNaiveNetstack is BenchmarkTCPStream over the naive
@@ -274,8 +284,8 @@ func BenchmarkBaselineNaiveNetstack(b *testing.B) {
 			bb := newNaiveNet(b, netip.MustParseAddr("10.97.0.2"), pb, pa, mtu)
 			streamBench(b, a, bb, "10.97.0.2:5001", 1, a.txPackets)
 			for _, n := range []*naiveNet{a, bb} {
-				if np, bv, w := n.drops(); np+bv+w != 0 {
-					b.Logf("naive link drops: %d not from the peer, %d not IPv4/IPv6, %d failed sends", np, bv, w)
+				if np, bv, dt, w := n.drops(); np+bv+dt+w != 0 {
+					b.Logf("naive link drops: %d not from the peer, %d not IPv4/IPv6, %d with no NIC attached, %d failed sends", np, bv, dt, w)
 				}
 			}
 		})
