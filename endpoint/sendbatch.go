@@ -82,6 +82,9 @@ func (e *Endpoint) flush(tb *txBatch) {
 // flushKeep sends the queued messages but keeps the GSO buffers in use, for
 // a super-segment whose packets span two batches.
 func (e *Endpoint) flushKeep(tb *txBatch) {
+	if tb.n > 1 && tb.enc == nil && e.offloads.GSO && !e.gsoOff.Load() {
+		e.coalesceBatch(tb) // txcoalesce.go
+	}
 	if tb.n > 0 {
 		e.send(tb.msgs[:tb.n], tb.packets[:tb.n], tb.bytes[:tb.n])
 	}
