@@ -80,10 +80,20 @@ interop:
 
 ## bench: the benchmarks, COUNT runs each (for benchstat), then a table of
 ## medians with the ratios to the baselines (bench/out/TABLE.md) and a chart
-## (bench/out/throughput.svg).
+## (bench/out/throughput.svg). The first lines of bench/out/bench.txt name
+## the machine and the run (benchmark configuration lines: benchtable puts
+## them in the table's header and the chart; benchstat compares two runs
+## with `benchstat -ignore commit,date,args old.txt new.txt`).
 bench:
 	mkdir -p bench/out
-	$(GO) test -run '^$$' -bench '$(BENCH)' -skip IdleConnections -benchmem -benchtime $(BENCHTIME) -count $(COUNT) ./bench/ | tee bench/out/bench.txt
+	{ echo "commit: $$(git describe --always --dirty 2>/dev/null || echo unknown)"; \
+	  echo "date: $$(date -u +%Y-%m-%dT%H:%MZ)"; \
+	  echo "kernel: $$(uname -sr)"; \
+	  echo "nproc: $$(nproc)"; \
+	  echo "go: $$($(GO) env GOVERSION)"; \
+	  echo "cpu: $$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"; \
+	  echo "args: make bench BENCH='$(BENCH)' BENCHTIME=$(BENCHTIME) COUNT=$(COUNT)"; } > bench/out/bench.txt
+	$(GO) test -run '^$$' -bench '$(BENCH)' -skip IdleConnections -benchmem -benchtime $(BENCHTIME) -count $(COUNT) ./bench/ | tee -a bench/out/bench.txt
 	$(GO) test -run '^$$' -bench IdleConnections -benchtime 1x ./bench/ | tee -a bench/out/bench.txt
 	$(GO) run ./bench/benchtable -in bench/out/bench.txt -md bench/out/TABLE.md -svg bench/out/throughput.svg
 	@cat bench/out/TABLE.md

@@ -1,6 +1,10 @@
 // Package bench measures ipipstack end to end: throughput, packet rate and
-// latency between two stacks, beside baselines (kernel TCP over loopback,
-// wireguard-go's netstack) in the same run.
+// latency between two stacks, beside baselines in the same run: the
+// kernel's TCP over loopback, wireguard-go's netstack (which encrypts every
+// packet) and a naive gVisor-over-UDP netstack (naive_test.go, no crypto,
+// one syscall per packet). Both stacks run in one process unless the name
+// says procs=2: then the receiver is this binary re-executed as a second
+// process (procs_test.go).
 //
 //	go test -run '^$' -bench . -benchmem ./bench/
 //
@@ -211,6 +215,13 @@ func BenchmarkTCPStream(b *testing.B) {
 			streamBench(b, a, bb, "10.99.0.2:5001", 1, txPackets(a))
 		})
 	}
+	// The same stream with the receiving stack in a second process
+	// (procs_test.go), beside the one-process figures above.
+	for _, mtu := range []int{1472, 65000} {
+		b.Run(fmt.Sprintf("transport=udp/mtu=%d/procs=2", mtu), func(b *testing.B) {
+			tunnelStreamTwoProcs(b, mtu)
+		})
+	}
 }
 
 func BenchmarkTCPStreams4(b *testing.B) {
@@ -351,8 +362,16 @@ func (hostNet) Listen(network, address string) (net.Listener, error) {
 	return net.Listen(network, address)
 }
 
+// BenchmarkBaselineKernelTCP is the kernel's loopback TCP with both ends
+// in this process (procs=1) and with the receiver in a second process
+// (procs=2, procs_test.go), the kernel's figures for TCPStream's two cases.
 func BenchmarkBaselineKernelTCP(b *testing.B) {
-	streamBench(b, hostNet{}, hostNet{}, "127.0.0.1:0", 1, nil)
+	b.Run("procs=1", func(b *testing.B) {
+		streamBench(b, hostNet{}, hostNet{}, "127.0.0.1:0", 1, nil)
+	})
+	b.Run("procs=2", func(b *testing.B) {
+		streamToPeer(b, hostNet{}, startPeer(b, "kernel"), nil)
+	})
 }
 
 func BenchmarkBaselineKernelTCPRequestResponse(b *testing.B) {

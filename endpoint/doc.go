@@ -5,8 +5,10 @@
 // a Message pointing into the stack's own buffers, behind an outer header
 // written into the batch's buffers (sendbatch.go); the batch goes to the
 // Transport in one call, and the packets are the stack's again once
-// WritePackets returns. In: a receive goroutine per Receiver reads a
-// batch into buffers it owns (receive.go), checks and decapsulates each
+// WritePackets returns. In: a receive goroutine per Receiver (the
+// endpoint's own, or a Shared socket set's, which picks each datagram's
+// tunnel by its outer source: shared.go) reads a batch into buffers it
+// owns (receive.go), checks and decapsulates each
 // datagram (decap), verifies what the kernel did not (rxcsum.go),
 // coalesces TCP segments (coalesce.go) and delivers them, as copies or as
 // gVisor views that then own the buffer, to the stack. Transports (UDP:
@@ -42,7 +44,12 @@
 //
 // The endpoint owns the Transport and closes it in Close. One goroutine per
 // Receiver reads from the transport once the stack attaches the endpoint;
-// Close stops them and Wait waits for them.
+// Close stops them and Wait waits for them. Many tunnels can share one
+// set of sockets (one UDP port, or the raw sockets of one local address):
+//
+//	sh := endpoint.NewShared(tr, logger)
+//	jt, err := sh.Join(peer, false, false)
+//	ep, err := endpoint.New(endpoint.Options{Transport: jt, Remote: peer})
 //
 // # Path MTU
 //

@@ -192,6 +192,11 @@ func New(opts Options) (*Endpoint, error) {
 	e.ipID.Store(uint32(time.Now().UnixNano()))
 	e.fragID.Store(rand.Uint32())
 	e.txPool.New = func() any { return newTxBatch(e.batch) }
+	if p, ok := opts.Transport.(*sharedPeer); ok {
+		if err := p.bind(e); err != nil {
+			return nil, err
+		}
+	}
 	return e, nil
 }
 
@@ -315,6 +320,22 @@ func (e *Endpoint) Close() {
 	e.writers.Unlock()
 	e.wg.Wait()
 	e.tx.Release()
+}
+
+// enter reports whether a Shared's receive goroutine may hand the
+// endpoint n datagrams; if so, it calls e.wg.Done when it is done, and
+// Close waits for it. Under mu, like Close sets closed.
+func (e *Endpoint) enter(n int) bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.closed.Load() {
+		for range n {
+			e.stats.drop(encap.Closed)
+		}
+		return false
+	}
+	e.wg.Add(1)
+	return true
 }
 
 // beginWrite reports whether a WritePackets call may go on; if so, the

@@ -24,13 +24,8 @@ func ListenRaw(local netip.Addr, opts SocketOptions) (Transport, error) {
 	if v6 {
 		family, framing = unix.AF_INET6, FramingRawIPv6
 	}
-	t := &sockTransport{
-		framing: framing,
-		local:   netip.AddrPortFrom(local, 0),
-		txBatch: newMmsgBatch(opts.batch()),
-
-		dontFragment: opts.DontFragment,
-	}
+	t := newSockTransport(framing, opts.batch(), opts.DontFragment)
+	t.local = netip.AddrPortFrom(local, 0)
 	open := func(proto int, bind bool) (*sockConn, error) {
 		fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
 		if err != nil {

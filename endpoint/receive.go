@@ -19,13 +19,12 @@ import (
 // the most that UDP GRO coalesces into one read.
 const recvBufSize = 1 << 16
 
-// receive is the loop of one Receiver: read a batch, decapsulate and
-// deliver each datagram. The message buffers are reused; the inner bytes
-// are copied into a gVisor buffer on delivery.
-func (e *Endpoint) receive(r Receiver) {
-	defer e.wg.Done()
-	msgs := make([]Message, e.batch)
-	bufs := make([][1][]byte, e.batch)
+// rxLoop is the state of one receive goroutine, an endpoint's own
+// (receive) or a Shared socket's: one batch of messages and the buffers
+// they read into, reused for every read.
+type rxLoop struct {
+	msgs []Message
+	bufs [][1][]byte
 	// A receive buffer that has held a coalesced read becomes a gVisor
 	// view, so that merged packets can point into it (coalesce.go); a
 	// view that a delivered packet still points into is replaced after
@@ -33,85 +32,125 @@ func (e *Endpoint) receive(r Receiver) {
 	// resident set until a datagram lands in it: gVisor zeroes every
 	// chunk it hands out, and 64 views of 64 KiB per socket would add
 	// megabytes to an idle process.
-	views := make([]*buffer.View, e.batch)
-	for i := range msgs {
-		bufs[i][0] = make([]byte, recvBufSize)
-		msgs[i].Buffers = bufs[i][:]
-	}
-	defer func() {
-		for _, v := range views {
-			if v != nil {
-				v.Release()
-			}
-		}
-	}()
+	views []*buffer.View
 	// gd coalesces verified TCP segments (gVisor GRO) before the stack.
-	var gd groDispatcher
-	gd.g.Init(true)
-	seg := Message{Buffers: make([][]byte, 1)}
-	rx := &rxBatch{}
-	var lastErr time.Time
+	gd      groDispatcher
+	seg     Message
+	rx      rxBatch
+	lastErr time.Time
+}
+
+func newRxLoop(n int) *rxLoop {
+	l := &rxLoop{
+		msgs:  make([]Message, n),
+		bufs:  make([][1][]byte, n),
+		views: make([]*buffer.View, n),
+		seg:   Message{Buffers: make([][]byte, 1)},
+	}
+	for i := range l.msgs {
+		l.bufs[i][0] = make([]byte, recvBufSize)
+		l.msgs[i].Buffers = l.bufs[i][:]
+	}
+	l.gd.g.Init(true)
+	return l
+}
+
+// release frees the views of the loop's buffers.
+func (l *rxLoop) release() {
+	for _, v := range l.views {
+		if v != nil {
+			v.Release()
+		}
+	}
+}
+
+// read reads one batch from r into l.msgs. It returns false when the loop
+// is to stop: r is closed, or closed reports true. Transient errors
+// (ICMP-reported unreachability on a UDP socket, ENOBUFS) are logged at
+// most once a second and read again.
+func (l *rxLoop) read(r Receiver, closed func() bool, warn func(error)) (int, bool) {
 	for {
-		n, err := r.ReadBatch(msgs)
-		if err != nil {
-			if errors.Is(err, ErrClosed) || e.closed.Load() {
-				return
-			}
-			// A transient error (ICMP-reported unreachability on a
-			// UDP socket, ENOBUFS): log at most once a second.
-			if time.Since(lastErr) > time.Second {
-				e.log.Warn("tunnel receive error", "tunnel", e.name, "err", err)
-				lastErr = time.Now()
-			}
-			if errors.Is(err, syscall.EBADF) {
-				return
+		n, err := r.ReadBatch(l.msgs)
+		if err == nil {
+			return n, true
+		}
+		if errors.Is(err, ErrClosed) || closed() || errors.Is(err, syscall.EBADF) {
+			return 0, false
+		}
+		if time.Since(l.lastErr) > time.Second {
+			warn(err)
+			l.lastErr = time.Now()
+		}
+	}
+}
+
+// receive is the loop of one Receiver of the endpoint's own transport:
+// read a batch, decapsulate and deliver each datagram.
+func (e *Endpoint) receive(r Receiver) {
+	defer e.wg.Done()
+	l := newRxLoop(e.batch)
+	defer l.release()
+	warn := func(err error) { e.log.Warn("tunnel receive error", "tunnel", e.name, "err", err) }
+	for {
+		n, ok := l.read(r, e.closed.Load, warn)
+		if !ok {
+			return
+		}
+		e.handle(l, 0, n)
+	}
+}
+
+// handle decapsulates and delivers messages i to j-1 of l's batch, all
+// from this endpoint's peer. The message buffers stay l's; the inner bytes
+// are copied into gVisor buffers on delivery, or the buffer becomes a
+// gVisor view that the packets point into (coalesce.go).
+func (e *Endpoint) handle(l *rxLoop, i, j int) {
+	e.mu.RLock()
+	d := e.dispatcher
+	e.mu.RUnlock()
+	if d == nil {
+		for range j - i {
+			e.stats.drop(encap.Closed)
+		}
+		return
+	}
+	rx := &l.rx
+	rx.to, rx.stack = d, d
+	if e.gro {
+		l.gd.g.Dispatcher = d
+		rx.to = &l.gd
+	}
+	accepted := e.stats.rxPackets.Load()
+	e.rxMu.RLock()
+	for ; i < j; i++ {
+		m := &l.msgs[i]
+		if m.GSOSize > 0 && m.GSOSize < m.N {
+			if l.views[i] == nil {
+				// Plain memory: deliver copies, and read into a
+				// view from now on.
+				e.deliverCoalesced(rx, m, &l.seg, nil)
+				l.views[i] = buffer.NewViewSize(recvBufSize)
+				l.bufs[i][0] = l.views[i].AsSlice()
+			} else if e.deliverCoalesced(rx, m, &l.seg, l.views[i]) {
+				l.views[i].Release()
+				l.views[i] = buffer.NewViewSize(recvBufSize)
+				l.bufs[i][0] = l.views[i].AsSlice()
 			}
 			continue
 		}
-		e.mu.RLock()
-		d := e.dispatcher
-		e.mu.RUnlock()
-		if d == nil {
-			for range n {
-				e.stats.drop(encap.Closed)
-			}
-			continue
-		}
-		rx.to, rx.stack = d, d
-		if e.gro {
-			gd.g.Dispatcher = d
-			rx.to = &gd
-		}
-		accepted := e.stats.rxPackets.Load()
-		e.rxMu.RLock()
-		for i := 0; i < n; i++ {
-			m := &msgs[i]
-			if m.GSOSize > 0 && m.GSOSize < m.N {
-				if views[i] == nil {
-					// Plain memory: deliver copies, and read into a
-					// view from now on.
-					e.deliverCoalesced(rx, m, &seg, nil)
-					views[i] = buffer.NewViewSize(recvBufSize)
-					bufs[i][0] = views[i].AsSlice()
-				} else if e.deliverCoalesced(rx, m, &seg, views[i]) {
-					views[i].Release()
-					views[i] = buffer.NewViewSize(recvBufSize)
-					bufs[i][0] = views[i].AsSlice()
-				}
-				continue
-			}
-			e.deliver(rx, m)
-		}
-		if e.gro {
-			gd.g.Flush()
-		}
-		e.rxMu.RUnlock()
-		e.deliverPending(rx)
-		// The peer was heard from if anything of the batch was accepted
-		// (another receiver's packets count too: they are the peer's).
-		if e.stats.rxPackets.Load() != accepted {
-			e.stats.lastSeen.Store(time.Now().UnixNano())
-		}
+		e.deliver(rx, m)
+	}
+	if e.gro {
+		l.gd.g.Flush()
+		l.gd.g.Dispatcher = nil
+	}
+	e.rxMu.RUnlock()
+	e.deliverPending(rx)
+	rx.to, rx.stack = nil, nil
+	// The peer was heard from if anything of the batch was accepted
+	// (another receiver's packets count too: they are the peer's).
+	if e.stats.rxPackets.Load() != accepted {
+		e.stats.lastSeen.Store(time.Now().UnixNano())
 	}
 }
 

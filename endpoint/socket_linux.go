@@ -23,9 +23,10 @@ type sockTransport struct {
 
 	offloads Offloads
 
-	// txMu guards txBatch, the state of sendmmsg calls.
-	txMu    sync.Mutex
-	txBatch *mmsgBatch
+	// txBatches holds the states of sendmmsg calls (*mmsgBatch), one
+	// per concurrent writer: the tunnels of a Shared write at once, and
+	// the kernel takes concurrent sendmmsg calls on one socket.
+	txBatches sync.Pool
 
 	// probe asks the kernel for the path MTU (pmtu_linux.go); nil if it
 	// could not be opened.
@@ -33,6 +34,14 @@ type sockTransport struct {
 	// dontFragment: the sending socket is IP_PMTUDISC_DO
 	// (SocketOptions.DontFragment), which allowFragmentation relaxes.
 	dontFragment bool
+}
+
+// newSockTransport returns a transport without sockets yet, whose
+// sendmmsg calls move up to batch messages.
+func newSockTransport(framing Framing, batch int, dontFragment bool) *sockTransport {
+	t := &sockTransport{framing: framing, dontFragment: dontFragment}
+	t.txBatches.New = func() any { return newMmsgBatch(batch) }
+	return t
 }
 
 // openProbe opens t's path MTU probe; without one the endpoint does not
@@ -82,9 +91,10 @@ func (t *sockTransport) Receivers() []Receiver {
 
 // WriteBatch implements Transport.WriteBatch.
 func (t *sockTransport) WriteBatch(msgs []Message) (int, error) {
-	t.txMu.Lock()
-	defer t.txMu.Unlock()
-	return t.tx.send(t.txBatch, msgs, t.framing == FramingUDP)
+	b := t.txBatches.Get().(*mmsgBatch)
+	n, err := t.tx.send(b, msgs, t.framing == FramingUDP)
+	t.txBatches.Put(b)
+	return n, err
 }
 
 // Close implements Transport.Close.
