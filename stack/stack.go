@@ -316,6 +316,9 @@ type Stack struct {
 	routes []route
 	// installed is what syncRoutesLocked last gave gVisor.
 	installed []tcpip.Route
+	// routesHeld defers syncRoutesLocked while New adds its tunnels
+	// (holdRoutes in route.go).
+	routesHeld bool
 
 	// sharedMu guards shared, the outer sockets tunnels share
 	// (shared.go), and sharedClosed, set once Close closed them. It is
@@ -387,6 +390,7 @@ func New(cfg Config) (_ *Stack, err error) {
 		}
 	}
 	names := map[string]bool{}
+	s.holdRoutes() // route.go: one route sync for all the tunnels
 	for i := range cfg.Tunnels {
 		t := &cfg.Tunnels[i]
 		if t.Name == "" {
@@ -402,6 +406,7 @@ func New(cfg Config) (_ *Stack, err error) {
 			return nil, err
 		}
 	}
+	s.releaseRoutes()
 	for _, r := range cfg.Routes {
 		if err := s.AddRoute(r); err != nil {
 			return nil, err
