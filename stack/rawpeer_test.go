@@ -12,6 +12,7 @@ import (
 	"github.com/ipipstack/ipipstack/endpoint/encap"
 	"github.com/ipipstack/ipipstack/internal/netnstest"
 	"github.com/ipipstack/ipipstack/stack"
+	"golang.org/x/sys/unix"
 )
 
 // The tests in this file check that raw tunnels sharing one outer address
@@ -113,6 +114,43 @@ func TestRawTunnelsOwnPeerOnly(t *testing.T) {
 		if got := p.Stats()[0].Drops[encap.WrongPeer]; got != 0 {
 			t.Errorf("peer %d: wrong_peer = %d, want 0", i+1, got)
 		}
+	}
+	// The three tunnels share one set of raw sockets, which counted no
+	// packet as from a wrong peer; a packet from 192.0.2.5, no tunnel's
+	// peer, counts once there and in no tunnel.
+	ss := a.SocketStats()
+	if len(ss) != 1 || ss[0].Transport != stack.Raw || ss[0].Tunnels != 3 || ss[0].WrongPeer != 0 {
+		t.Fatalf("SocketStats() = %+v, want one raw socket set with 3 tunnels and wrong_peer 0", ss)
+	}
+	sendIPIP(t, n.b, peerOuter(5), peerOuter(1), innerUDP(peerInner(1, 2).Addr(), peerInner(1, 1).Addr()))
+	waitFor(t, "the stranger's packet to count as wrong_peer", func() bool { return a.SocketStats()[0].WrongPeer >= 1 })
+	if got := a.SocketStats()[0].WrongPeer; got != 1 {
+		t.Errorf("socket wrong_peer = %d, want 1", got)
+	}
+	for i, s := range a.Stats() {
+		if d := s.DropTotal() - before[i].DropTotal(); d != 0 {
+			t.Errorf("%s: drops grew by %d (%v), want 0", s.Name, d, s.Drops)
+		}
+	}
+}
+
+// sendIPIP sends inner as IP protocol 4 from src to dst inside ns, with
+// the outer header the kernel writes.
+func sendIPIP(t *testing.T, ns *netnstest.NS, src, dst netip.Addr, inner []byte) {
+	t.Helper()
+	err := ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_IPIP)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
+			return fmt.Errorf("bind %v: %w", src, err)
+		}
+		return unix.Sendto(fd, inner, 0, &unix.SockaddrInet4{Addr: dst.As4()})
+	})
+	if err != nil {
+		t.Fatalf("send IPIP %v -> %v in %s: %v", src, dst, ns.Name(), err)
 	}
 }
 
