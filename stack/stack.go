@@ -19,6 +19,15 @@
 // route point at it, and the longest prefix wins. Tunnels can be added and
 // removed while the stack runs (Stack.AddTunnel, Stack.RemoveTunnel).
 //
+// # Hubs: many tunnels on one port
+//
+// Tunnels with the same Local share one set of outer sockets, as Linux's
+// FOU port or ipip device serves every tunnel: any number of UDP tunnels
+// may use one port, and raw tunnels one address. Each datagram goes to the
+// tunnel whose Remote sent it; one from no tunnel's peer is counted once,
+// by the socket (Stack.SocketStats), and by no tunnel. A tunnel on a
+// shared socket has no receive goroutine or buffer of its own.
+//
 // # Names
 //
 // Listen and ListenPacket take IP literals. Dial and DialContext also take
