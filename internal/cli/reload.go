@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -78,7 +77,7 @@ func runReload(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return code
 	}
 	if pid != 0 {
-		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		if err := sendHUP(pid); err != nil {
 			fmt.Fprintf(stderr, "ipipstack reload: SIGHUP to process %d: %v\n", pid, err)
 			return ExitFailure
 		}
