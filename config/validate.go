@@ -47,23 +47,15 @@ func (d *decoder) checkTunnels(cfg *Config, src *sources) {
 	defaultRoute := -1
 	for i := range cfg.Tunnels {
 		t, ts := &cfg.Tunnels[i], &src.tunnels[i]
-		// Outer endpoints.
+		// Outer endpoints: tunnels naming the same local share its
+		// sockets (sharedsocket.go); other overlaps cannot bind.
 		for j := range i {
 			u, us := &cfg.Tunnels[j], &src.tunnels[j]
 			if t.Transport != u.Transport {
 				continue
 			}
-			switch {
-			case t.Transport == TransportUDP && t.Local.Port() == u.Local.Port() && addrOverlap(t.Local.Addr(), u.Local.Addr()):
-				la := ts.attrs["local"]
-				d.attrError(la, "Local address already in use",
-					"Tunnel %q (%s) already binds %s; two UDP tunnels cannot bind the same local address and port. Give each tunnel its own port.",
-					u.Name, at(us.block.DefRange), u.Local)
-			case t.Transport == TransportRaw && t.Remote == u.Remote && addrOverlap(t.Local.Addr(), u.Local.Addr()):
-				ra := ts.attrs["remote"]
-				d.attrError(ra, "Duplicate raw tunnel",
-					"Tunnel %q (%s) already connects local %s to remote %s; raw tunnels are told apart by their outer addresses, so each pair may be used once.",
-					u.Name, at(us.block.DefRange), u.Local.Addr(), u.Remote.Addr())
+			if d.checkSharedSocket(t, u, ts, us) {
+				break // one error per tunnel is enough
 			}
 		}
 		// Inner addresses and on-link prefixes.

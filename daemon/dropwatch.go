@@ -22,7 +22,7 @@ const (
 // dropHints say what a drop reason usually means for the configuration.
 var dropHints = map[encap.Reason]string{
 	encap.SpoofedSource: "the inner source is not one this tunnel accepts from its peer (addresses, routes, allowed_sources): the inner addresses in the two peers' files probably do not match",
-	encap.WrongPeer:     "a datagram came from an outer address other than this tunnel's remote: check remote here and local in the peer's file, or set roaming = true for a peer that moves",
+	encap.WrongPeer:     "a datagram came from an outer address other than this tunnel's remote: check remote here and local in the peer's file, or set roaming = true for a peer that moves (on a socket that tunnels share, such datagrams count once under the socket's wrong_peer in /status \"sockets\", not here)",
 	encap.Martian:       "the inner packet carries an address that never appears on a network (loopback, unspecified, multicast source)",
 	encap.Recursion:     "the inner packet would go back into a tunnel: a route sends the tunnel's own outer traffic into it",
 	encap.BadChecksum:   "the inner packet's checksum is wrong: something on the path corrupts datagrams",

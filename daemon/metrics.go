@@ -128,7 +128,8 @@ func (d *Daemon) collect() []*family {
 	if len(filterFlows.samples) > 0 { // only tunnels with a filter block have them
 		out = append(out, filterFlows, filterEvicted)
 	}
-	out = append(out, collectPeers(&st)...) // keepalive.go
+	out = append(out, collectPeers(&st)...)   // keepalive.go
+	out = append(out, collectSockets(&st)...) // sockets.go
 	if f := st.Forwarding; f != nil {
 		refrag := fam("ipipstack_forward_refragmented_total", counter, "IPv4 packets the router cut to fit the link they left by.")
 		refrag.add(u64(f.Refragmented))

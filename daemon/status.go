@@ -19,6 +19,9 @@ type Status struct {
 	// Draining is true once shutdown has begun.
 	Draining bool           `json:"draining"`
 	Tunnels  []TunnelStatus `json:"tunnels"`
+	// Sockets are the outer sockets that tunnels share (sockets.go):
+	// datagrams from no tunnel's peer count there, under wrong_peer.
+	Sockets []SocketStatus `json:"sockets"`
 	// Services are the forwards, reverse forwards and SOCKS5 proxies, in
 	// that order and in file order within each kind.
 	Services []ServiceStatus `json:"services"`
@@ -208,6 +211,7 @@ func (d *Daemon) Status() Status {
 		t.PeerState = d.peerStatus(ts.Name)
 		s.Tunnels = append(s.Tunnels, t)
 	}
+	s.Sockets = d.socketStatus()         // sockets.go
 	for _, sv := range d.serviceList() { // reload.go
 		s.Services = append(s.Services, sv.status())
 	}

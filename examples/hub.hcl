@@ -1,8 +1,16 @@
-# A hub routing between three peers (documentation addresses: adapt them).
+# A hub routing between four peers (documentation addresses: adapt them).
 # Each peer has its own tunnel, its own /30 and, behind it, a network of its
 # own; with forwarding on, the hub's stack routes between the tunnels, so
 # peer1's LAN can reach peer2's and the other peers reach the internet
 # through peer3.
+#
+# The UDP peers all send to one port of the hub, 192.0.2.1:5555, as Linux
+# peers set up the usual way do (ip fou add port 5555 ipproto 4 on each
+# end): the tunnels share one socket, which hands each datagram to the
+# tunnel whose remote sent it. Any number of tunnels may share a local;
+# each needs a remote of its own, at most one may roam, and all must agree
+# on df. Datagrams from no tunnel's remote are counted once, as wrong_peer
+# of the socket (/status "sockets", ipipstack_socket_wrong_peer_total).
 
 log {
   level  = "info"
@@ -23,8 +31,8 @@ stack {
 # peer1: rootless UDP, with a LAN behind it.
 tunnel "peer1" {
   transport = "udp"
-  local     = "192.0.2.1:4701"
-  remote    = "198.51.100.11:4700"
+  local     = "192.0.2.1:5555"
+  remote    = "198.51.100.11:5555"
   addresses = ["10.99.1.1/30"]
   routes    = ["10.101.0.0/16"] # peer1's LAN
   # allowed_sources defaults to 10.99.1.0/30 and 10.101.0.0/16.
@@ -82,14 +90,14 @@ tunnel "peer2" {
 # replies come from anywhere on the internet, so it must accept any inner
 # source; then its outer address is its only credential, and it is pinned:
 # roaming together with a catch-all allowed_sources would let anyone who
-# can reach 192.0.2.1:4703 inject packets from any address and, once it
+# can reach 192.0.2.1:5555 inject packets from any address and, once it
 # answers the tunnel's echo request, take the hub's default route (check
 # warns about that combination). A peer whose address really moves gets
 # roaming = true and allowed_sources of its own networks only.
 tunnel "peer3" {
   transport       = "udp"
-  local           = "192.0.2.1:4703"
-  remote          = "203.0.113.7:4700"
+  local           = "192.0.2.1:5555" # the same socket as peer1 and peer4
+  remote          = "203.0.113.7:5555"
   addresses       = ["10.99.3.1/30"]
   default_route   = true          # 0.0.0.0/0 and ::/0
   allowed_sources = ["0.0.0.0/0"] # replies from anywhere on the internet
@@ -101,6 +109,20 @@ tunnel "peer3" {
     default   = "deny"
     max_flows = 262144 # a busy upstream: about 25 MiB of flow table at most
   }
+}
+
+# peer4: a Linux peer whose FOU tunnel uses encap-sport auto, so its
+# datagrams come from a port per flow; any_source_port takes them from
+# every port of its address. Replies still go to port 5555.
+#   ip link add hub type ipip remote 192.0.2.1 local 198.51.100.14 \
+#     encap fou encap-sport auto encap-dport 5555
+tunnel "peer4" {
+  transport       = "udp"
+  local           = "192.0.2.1:5555"
+  remote          = "198.51.100.14:5555"
+  any_source_port = true
+  addresses       = ["10.99.4.1/30"]
+  routes          = ["10.104.0.0/16"]
 }
 
 # SSH into the hub from any peer.

@@ -189,11 +189,12 @@ func TestForgedDatagrams(t *testing.T) {
 		name      string
 		reason    encap.Reason
 		fromOther bool       // sent from a socket that is not the peer
+		atSocket  bool       // counted by the tunnel's shared socket, not the tunnel (shared.go)
 		fakeLocal netip.Addr // the tunnel claims this outer address
 		tos       int        // outer ToS set on the sending socket; 0 leaves it
 		pkts      [][]byte
 	}{
-		{name: "wrong peer port", reason: encap.WrongPeer, fromOther: true, pkts: [][]byte{v4(peer4, me4), v6(peer6, me6)}},
+		{name: "wrong peer port", reason: encap.WrongPeer, fromOther: true, atSocket: true, pkts: [][]byte{v4(peer4, me4), v6(peer6, me6)}},
 		{name: "truncated", reason: encap.MalformedInner, pkts: [][]byte{
 			{}, {0x45}, v4(peer4, me4)[:19], v4(peer4, me4)[:10], {0x60, 0, 0, 0}, v6(peer6, me6)[:39],
 		}},
@@ -253,7 +254,7 @@ func TestForgedDatagrams(t *testing.T) {
 				}
 				defer rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TOS, 0) })
 			}
-			before := tg.s.Stats()[0]
+			before, sockBefore := tg.s.Stats()[0], socketWrongPeer(tg.s)
 			for _, p := range tt.pkts {
 				tg.send(t, from, p)
 			}
@@ -265,12 +266,19 @@ func TestForgedDatagrams(t *testing.T) {
 			after := tg.s.Stats()[0]
 			for r := range after.Drops {
 				want := before.Drops[r]
-				if encap.Reason(r) == tt.reason {
+				if encap.Reason(r) == tt.reason && !tt.atSocket {
 					want += uint64(len(tt.pkts))
 				}
 				if after.Drops[r] != want {
 					t.Errorf("Drops[%s] went from %d to %d, want %d", encap.Reason(r), before.Drops[r], after.Drops[r], want)
 				}
+			}
+			want := sockBefore
+			if tt.atSocket {
+				want += uint64(len(tt.pkts))
+			}
+			if got := socketWrongPeer(tg.s); got != want {
+				t.Errorf("the socket's wrong_peer went from %d to %d, want %d", sockBefore, got, want)
 			}
 			if after.RxPackets != before.RxPackets+1 {
 				t.Errorf("RxPackets went from %d to %d, want +1 (the probe)", before.RxPackets, after.RxPackets)
@@ -278,6 +286,16 @@ func TestForgedDatagrams(t *testing.T) {
 			tg.expectNothing(t)
 		})
 	}
+}
+
+// socketWrongPeer sums wrong_peer of s's shared sockets, where datagrams
+// from no tunnel's peer are counted (Stack.SocketStats).
+func socketWrongPeer(s *stack.Stack) uint64 {
+	var n uint64
+	for _, ss := range s.SocketStats() {
+		n += ss.WrongPeer
+	}
+	return n
 }
 
 // The reference checksum the tests check packets against.

@@ -114,6 +114,23 @@ func TestRawTunnelsOwnPeerOnly(t *testing.T) {
 			t.Errorf("peer %d: wrong_peer = %d, want 0", i+1, got)
 		}
 	}
+	// The three tunnels share one set of raw sockets, which counted no
+	// packet as from a wrong peer; a packet from 192.0.2.5, no tunnel's
+	// peer, counts once there and in no tunnel.
+	ss := a.SocketStats()
+	if len(ss) != 1 || ss[0].Transport != stack.Raw || ss[0].Tunnels != 3 || ss[0].WrongPeer != 0 {
+		t.Fatalf("SocketStats() = %+v, want one raw socket set with 3 tunnels and wrong_peer 0", ss)
+	}
+	sendIPIP(t, n.b, peerOuter(5), peerOuter(1), innerUDP(peerInner(1, 2).Addr(), peerInner(1, 1).Addr()))
+	waitFor(t, "the stranger's packet to count as wrong_peer", func() bool { return a.SocketStats()[0].WrongPeer >= 1 })
+	if got := a.SocketStats()[0].WrongPeer; got != 1 {
+		t.Errorf("socket wrong_peer = %d, want 1", got)
+	}
+	for i, s := range a.Stats() {
+		if d := s.DropTotal() - before[i].DropTotal(); d != 0 {
+			t.Errorf("%s: drops grew by %d (%v), want 0", s.Name, d, s.Drops)
+		}
+	}
 }
 
 // TestRawTunnelRoaming checks that a roaming raw tunnel still accepts its

@@ -140,6 +140,28 @@ func (s *Stack) addSystemRoute(name string, nic tcpip.NICID, p netip.Prefix) {
 	defer s.routeMu.Unlock()
 	if !slices.Contains(s.routes, r) {
 		s.routes = append(s.routes, r)
+		if !s.routesHeld {
+			s.syncRoutesLocked()
+		}
+	}
+}
+
+// holdRoutes makes addSystemRoute collect routes without handing gVisor
+// the table each time, which costs O(routes) per route: New adds the
+// routes of all its tunnels (thousands, on a hub) and then calls
+// releaseRoutes once.
+func (s *Stack) holdRoutes() {
+	s.routeMu.Lock()
+	s.routesHeld = true
+	s.routeMu.Unlock()
+}
+
+// releaseRoutes ends holdRoutes and hands gVisor the table.
+func (s *Stack) releaseRoutes() {
+	s.routeMu.Lock()
+	defer s.routeMu.Unlock()
+	if s.routesHeld {
+		s.routesHeld = false
 		s.syncRoutesLocked()
 	}
 }

@@ -19,6 +19,15 @@
 // route point at it, and the longest prefix wins. Tunnels can be added and
 // removed while the stack runs (Stack.AddTunnel, Stack.RemoveTunnel).
 //
+// # Hubs: many tunnels on one port
+//
+// Tunnels with the same Local share one set of outer sockets, as Linux's
+// FOU port or ipip device serves every tunnel: any number of UDP tunnels
+// may use one port, and raw tunnels one address. Each datagram goes to the
+// tunnel whose Remote sent it; one from no tunnel's peer is counted once,
+// by the socket (Stack.SocketStats), and by no tunnel. A tunnel on a
+// shared socket has no receive goroutine or buffer of its own.
+//
 // # Names
 //
 // Listen and ListenPacket take IP literals. Dial and DialContext also take
@@ -101,7 +110,15 @@ type Tunnel struct {
 	// Transport is UDP (the default) or Raw.
 	Transport TransportKind
 	// Local is the outer address to bind: address and port for UDP (port
-	// 0 picks one), address only for Raw.
+	// 0 picks one), address only for Raw. Tunnels with the same Local
+	// share one set of sockets, which hands each datagram to the tunnel
+	// whose peer sent it (see shared.go and Stack.SocketStats): any number
+	// of UDP tunnels may use one port, as Linux's FOU port does, and raw
+	// tunnels one address, as Linux's ipip does. They need distinct
+	// Remotes, at most one of them may roam, and they must agree on the
+	// socket options (SocketBuffer, Policy.DF clear or not, DisableGSO,
+	// DisableGRO, ZeroUDPChecksum). A tunnel with Conn or Wrap, or with
+	// port 0, has sockets of its own.
 	Local netip.AddrPort
 	// Remote is the peer's outer address: address and port for UDP,
 	// address only for Raw. Same family as Local.
@@ -131,10 +148,12 @@ type Tunnel struct {
 	// Policy sets the outer TTL, ToS, DF and IPv6 encapsulation limit; the
 	// zero value is Linux ipip's default (see encap.Policy).
 	Policy encap.Policy
-	// Roaming accepts a peer whose outer address changes. A Raw tunnel
-	// that does not roam receives from Remote only: its raw sockets are
-	// connected to it (see endpoint.SocketOptions.Peer), which needs a
-	// route to Remote when the tunnel starts.
+	// Roaming accepts a peer whose outer address changes: datagrams on
+	// its Local that no other tunnel's peer sent go to it. A Raw tunnel
+	// with a socket of its own (Wrap) that does not roam receives from
+	// Remote only: its raw sockets are connected to it (see
+	// endpoint.SocketOptions.Peer), which needs a route to Remote when the
+	// tunnel starts.
 	Roaming bool
 	// AnySourcePort accepts UDP from the peer's address on any port (Linux
 	// FOU with encap-sport auto).
@@ -306,6 +325,16 @@ type Stack struct {
 	routes []route
 	// installed is what syncRoutesLocked last gave gVisor.
 	installed []tcpip.Route
+	// routesHeld defers syncRoutesLocked while New adds its tunnels
+	// (holdRoutes in route.go).
+	routesHeld bool
+
+	// sharedMu guards shared, the outer sockets tunnels share
+	// (shared.go), and sharedClosed, set once Close closed them. It is
+	// not held with mu.
+	sharedMu     sync.Mutex
+	shared       map[sharedKey]*sharedSocket
+	sharedClosed bool
 }
 
 type tunnel struct {
@@ -318,6 +347,9 @@ type tunnel struct {
 	// link is the NIC's link endpoint as gVisor has it (ep wrapped for
 	// capture and forwarding), for RemoveTunnel.
 	link gvstack.LinkEndpoint
+	// shared is the socket the tunnel joined (shared.go); nil if it has
+	// a transport of its own.
+	shared *sharedSocket
 }
 
 // New builds a stack with one NIC per tunnel and starts it. On error
@@ -367,6 +399,7 @@ func New(cfg Config) (_ *Stack, err error) {
 		}
 	}
 	names := map[string]bool{}
+	s.holdRoutes() // route.go: one route sync for all the tunnels
 	for i := range cfg.Tunnels {
 		t := &cfg.Tunnels[i]
 		if t.Name == "" {
@@ -382,6 +415,7 @@ func New(cfg Config) (_ *Stack, err error) {
 			return nil, err
 		}
 	}
+	s.releaseRoutes()
 	for _, r := range cfg.Routes {
 		if err := s.AddRoute(r); err != nil {
 			return nil, err
@@ -452,19 +486,29 @@ func (s *Stack) setUDPReceiveBuffer(n int) error {
 // maxUDPReceiveBuffer bounds Config.UDPReceiveBuffer.
 const maxUDPReceiveBuffer = 256 << 20
 
-// addTunnel opens (or takes t.Conn as) the tunnel's transport and adds its
-// NIC. On error the transport is closed already, or belongs to a tunnel
-// that s.Close closes.
-func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
+// addTunnel opens (or takes t.Conn as, or joins the shared socket of
+// t.Local for) the tunnel's transport and adds its NIC. On error the
+// transport is closed already, or belongs to a tunnel that s.Close closes.
+func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) (err error) {
 	tr := t.Conn
+	var shared *sharedSocket // shared.go
+	registered := false
+	defer func() {
+		// Once registered, removeTunnel or Close leaves the socket.
+		if err != nil && shared != nil && !registered {
+			s.leaveShared(shared, t.Name)
+		}
+	}()
 	if tr == nil {
 		var err error
 		sockOpts := endpoint.SocketOptions{Buffer: t.SocketBuffer, DontFragment: t.Policy.DF != encap.DFClear,
 			NoGSO: t.DisableGSO, NoGRO: t.DisableGRO, ZeroChecksum: t.ZeroUDPChecksum}
-		switch t.Transport {
-		case UDP:
+		switch {
+		case sharesSocket(t):
+			tr, shared, err = s.joinShared(t, sockOpts)
+		case t.Transport == UDP:
 			tr, err = endpoint.ListenUDP(t.Local, sockOpts)
-		case Raw:
+		case t.Transport == Raw:
 			sockOpts.Peer = rawPeer(t)
 			tr, err = endpoint.ListenRaw(t.Local.Addr(), sockOpts)
 		default:
@@ -547,10 +591,11 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 		ep.Close()
 		return fmt.Errorf("stack: tunnel %q: create NIC: %s", t.Name, terr)
 	}
-	tun := &tunnel{name: t.Name, nic: nic, ep: ep, filter: filter, addrs: t.Addresses, routes: t.Routes, link: link}
+	tun := &tunnel{name: t.Name, nic: nic, ep: ep, filter: filter, addrs: t.Addresses, routes: t.Routes, link: link, shared: shared}
 	s.mu.Lock()
 	s.tunnels = append(s.tunnels, tun)
 	s.mu.Unlock()
+	registered = true
 	if err := s.addAddresses("tunnel "+t.Name, t.Name, nic, t.Addresses); err != nil {
 		return err
 	}
@@ -621,6 +666,7 @@ func (s *Stack) Close() error {
 	for _, t := range tunnels {
 		t.ep.Close()
 	}
+	s.closeShared() // shared.go: the sockets the tunnels shared
 	for _, l := range links {
 		l.Close()
 	}

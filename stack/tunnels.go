@@ -102,6 +102,9 @@ func (s *Stack) removeTunnel(name string) bool {
 	// writer the NIC's queue waits for, and its onClose action removes
 	// the NIC; then its receive goroutines have returned.
 	t.ep.Close()
+	if t.shared != nil {
+		s.leaveShared(t.shared, name) // shared.go
+	}
 	if terr := s.gv.RemoveNIC(t.nic); terr != nil {
 		if _, ok := terr.(*tcpip.ErrUnknownNICID); !ok {
 			s.log.Warn("tunnel removed, but gVisor kept its NIC", "tunnel", name, "nic", t.nic, "error", terr.String())

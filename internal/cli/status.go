@@ -112,6 +112,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	} else {
 		writeStatus(stdout, &st, time.Now())
 		writePeers(stdout, &st, time.Now()) // peers.go
+		writeSockets(stdout, &st)           // sockets.go
 	}
 	if !st.Ready {
 		fmt.Fprintf(stderr, "ipipstack status: not ready: %s\n", strings.Join(st.NotReady, "; "))
