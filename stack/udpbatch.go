@@ -29,11 +29,13 @@ type Message struct {
 	Truncated bool
 }
 
-// WriteBatch sends msgs in order, one datagram each, and sets each one's
-// N. Like Write it waits for room in the send buffer, until the write
-// deadline or Close. It returns how many it sent: len(msgs) with a nil
-// error, or fewer with the error (a *net.OpError) that stopped the one
-// after them; a deadline in the past or a closed conn sends none.
+// WriteBatch sends msgs in order, one datagram each, and sets the N of
+// each one it sent. Like Write it waits for room in the send buffer, until
+// the write deadline or Close. It returns how many it sent: len(msgs) with
+// a nil error, or fewer with the error (a *net.OpError) that stopped the
+// one after them, whose N is then 0; the messages after that are left as
+// they were. A deadline in the past or a closed conn sends none. Datagrams
+// of concurrent calls may interleave.
 //
 // It costs less per datagram than WriteTo: the state of the conn is read
 // once per call, not per datagram, and the write options, the payload
