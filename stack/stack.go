@@ -42,6 +42,8 @@
 // take netip.AddrPort and return *gonet.TCPConn (with CloseWrite),
 // *TCPListener and *UDPConn (with ReadFromUDPAddrPort and
 // WriteToUDPAddrPort), as the net package and wireguard-go's netstack do.
+// UDPConn.WriteBatch and ReadBatch move many datagrams (Message) per call,
+// as golang.org/x/net/ipv4.PacketConn does for a kernel socket.
 // A wildcard listener's Addr reads as net's: [::]:80, 0.0.0.0:80.
 //
 // # Ephemeral outer ports

@@ -19,7 +19,8 @@ import (
 // send buffer full; if the buffer drains in between, the notification is
 // lost and the write waits forever (seen under load in BenchmarkUDPRate).
 // Here the retry after registering catches such a drain. Reads, addresses
-// and read deadlines are gonet's.
+// and read deadlines are gonet's. WriteBatch and ReadBatch (udpbatch.go)
+// move many datagrams per call, with less work per datagram.
 //
 // A writer waiting for room also wakes when the write deadline changes or
 // the conn is closed, as net.Conn requires: a deadline in the past fails
@@ -31,11 +32,12 @@ type UDPConn struct {
 
 	// mu guards the fields below.
 	mu sync.Mutex
-	// writeDeadline is a copy of the write deadline that gonet keeps to
-	// itself.
-	writeDeadline time.Time
-	// changed is closed, and replaced, when writeDeadline changes or the
-	// conn is closed, to wake waiting writers; nil until a writer waits.
+	// writeDeadline and readDeadline are copies of the deadlines that
+	// gonet keeps to itself; ReadBatch (udpbatch.go) needs the latter.
+	writeDeadline, readDeadline time.Time
+	// changed is closed, and replaced, when a deadline changes or the
+	// conn is closed, to wake waiting writers and batch readers; nil
+	// until one waits.
 	changed chan struct{}
 	closed  bool
 }
@@ -60,8 +62,22 @@ func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *UDPConn {
 
 // SetDeadline implements net.Conn.SetDeadline.
 func (c *UDPConn) SetDeadline(t time.Time) error {
+	c.setReadDeadline(t)
 	c.setWriteDeadline(t)
 	return c.UDPConn.SetDeadline(t)
+}
+
+// SetReadDeadline implements net.Conn.SetReadDeadline.
+func (c *UDPConn) SetReadDeadline(t time.Time) error {
+	c.setReadDeadline(t)
+	return c.UDPConn.SetReadDeadline(t)
+}
+
+func (c *UDPConn) setReadDeadline(t time.Time) {
+	c.mu.Lock()
+	c.readDeadline = t
+	c.wakeWritersLocked()
+	c.mu.Unlock()
 }
 
 // SetWriteDeadline implements net.Conn.SetWriteDeadline.
