@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -31,10 +30,10 @@ type Shared struct {
 	framing Framing
 	log     *slog.Logger
 
-	// table is the peers, replaced whole under mu by Join and leave so
-	// that the receive goroutines read it without a lock.
-	mu    sync.Mutex
-	table atomic.Pointer[peerTable]
+	// table is the peers. Join and leave change it holding mu; the
+	// receive goroutines read it holding mu for reading, once a batch.
+	mu    sync.RWMutex
+	table peerTable
 	// fragWanted counts the joined tunnels that asked for outer
 	// fragmentation (allowFragmentation); the socket fragments while
 	// it is not zero. Guarded by mu.
@@ -87,7 +86,7 @@ func NewShared(tr Transport, log *slog.Logger) *Shared {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Shared{tr: tr, framing: tr.Framing(), log: log}
-	s.table.Store(&peerTable{})
+	s.table.init()
 	for _, r := range tr.Receivers() {
 		s.wg.Add(1)
 		go s.receive(r)
@@ -102,7 +101,11 @@ func (s *Shared) LocalAddr() netip.AddrPort { return s.tr.LocalAddr() }
 func (s *Shared) Framing() Framing { return s.framing }
 
 // Tunnels is the number of joined Transports that are open.
-func (s *Shared) Tunnels() int { return s.table.Load().n }
+func (s *Shared) Tunnels() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.table.n
+}
 
 // Stats returns the counters.
 func (s *Shared) Stats() SharedStats {
@@ -144,7 +147,7 @@ func (s *Shared) Join(remote netip.AddrPort, anySourcePort, roaming bool) (Trans
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
-	t := s.table.Load()
+	t := &s.table
 	switch {
 	case t.exact[remote] != nil, t.any[remote.Addr()] != nil,
 		anySourcePort && t.ports[remote.Addr()] > 0:
@@ -153,7 +156,7 @@ func (s *Shared) Join(remote netip.AddrPort, anySourcePort, roaming bool) (Trans
 		return nil, fmt.Errorf("endpoint: join %v on %v: %w (%v)", remote, s.LocalAddr(), ErrRoamingTaken, t.roam.remote)
 	}
 	p := &sharedPeer{s: s, remote: remote, anySourcePort: anySourcePort, roaming: roaming}
-	s.table.Store(t.with(p))
+	t.add(p)
 	return p, nil
 }
 
@@ -161,7 +164,7 @@ func (s *Shared) Join(remote netip.AddrPort, anySourcePort, roaming bool) (Trans
 func (s *Shared) leave(p *sharedPeer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.table.Store(s.table.Load().without(p))
+	s.table.remove(p)
 	if p.frag {
 		p.frag = false
 		s.setFragmentation(-1)
@@ -196,12 +199,13 @@ func (s *Shared) receive(r Receiver) {
 		if !ok {
 			return
 		}
-		t := s.table.Load()
+		s.mu.RLock()
 		for i := range n {
 			m := &l.msgs[i]
 			s.stats.received.Add(uint64(datagrams(m)))
-			peers[i] = s.lookup(t, m)
+			peers[i] = s.lookup(&s.table, m)
 		}
+		s.mu.RUnlock()
 		for i := 0; i < n; {
 			p := peers[i]
 			j := i + 1
@@ -266,8 +270,7 @@ func (s *Shared) logWrongPeer(src netip.AddrPort) {
 		"hint", "add a tunnel with that remote, or check the remote and local of the peer's configuration")
 }
 
-// peerTable maps outer sources to tunnels. It is never changed once
-// stored: Join and leave store a changed copy.
+// peerTable maps outer sources to tunnels.
 type peerTable struct {
 	exact map[netip.AddrPort]*sharedPeer
 	// any holds the tunnels that take every port of their peer's
@@ -290,48 +293,39 @@ func (t *peerTable) lookup(src netip.AddrPort) *sharedPeer {
 	return t.roam
 }
 
-func (t *peerTable) clone() *peerTable {
-	c := *t
-	c.exact, c.any, c.ports = maps.Clone(t.exact), maps.Clone(t.any), maps.Clone(t.ports)
-	if c.exact == nil {
-		c.exact, c.any, c.ports = map[netip.AddrPort]*sharedPeer{}, map[netip.Addr]*sharedPeer{}, map[netip.Addr]int{}
-	}
-	return &c
+func (t *peerTable) init() {
+	t.exact, t.any, t.ports = map[netip.AddrPort]*sharedPeer{}, map[netip.Addr]*sharedPeer{}, map[netip.Addr]int{}
 }
 
-func (t *peerTable) with(p *sharedPeer) *peerTable {
-	c := t.clone()
+func (t *peerTable) add(p *sharedPeer) {
 	if p.anySourcePort {
-		c.any[p.remote.Addr()] = p
+		t.any[p.remote.Addr()] = p
 	} else {
-		c.exact[p.remote] = p
-		c.ports[p.remote.Addr()]++
+		t.exact[p.remote] = p
+		t.ports[p.remote.Addr()]++
 	}
 	if p.roaming {
-		c.roam = p
+		t.roam = p
 	}
-	c.n++
-	return c
+	t.n++
 }
 
-func (t *peerTable) without(p *sharedPeer) *peerTable {
-	c := t.clone()
+func (t *peerTable) remove(p *sharedPeer) {
 	switch {
-	case p.anySourcePort && c.any[p.remote.Addr()] == p:
-		delete(c.any, p.remote.Addr())
-	case !p.anySourcePort && c.exact[p.remote] == p:
-		delete(c.exact, p.remote)
-		if c.ports[p.remote.Addr()]--; c.ports[p.remote.Addr()] <= 0 {
-			delete(c.ports, p.remote.Addr())
+	case p.anySourcePort && t.any[p.remote.Addr()] == p:
+		delete(t.any, p.remote.Addr())
+	case !p.anySourcePort && t.exact[p.remote] == p:
+		delete(t.exact, p.remote)
+		if t.ports[p.remote.Addr()]--; t.ports[p.remote.Addr()] <= 0 {
+			delete(t.ports, p.remote.Addr())
 		}
 	default:
-		return t // not in the table: left already
+		return // not in the table: left already
 	}
-	if c.roam == p {
-		c.roam = nil
+	if t.roam == p {
+		t.roam = nil
 	}
-	c.n--
-	return c
+	t.n--
 }
 
 // sharedPeer is the Transport of one tunnel on a Shared.
