@@ -198,6 +198,12 @@ func (l *forwardLink) Capabilities() gvstack.LinkEndpointCapabilities {
 // sendLists recycles the packet lists of forwardLink.WritePackets.
 var sendLists = sync.Pool{New: func() any { return new(gvstack.PacketBufferList) }}
 
+// putSendList drops the references of out and recycles it.
+func putSendList(out *gvstack.PacketBufferList) {
+	out.Reset()
+	sendLists.Put(out)
+}
+
 // WritePackets implements stack.LinkEndpoint.WritePackets. If the
 // forwardLink completes checksums, it does so for each packet of pkts
 // before the NIC's own link endpoint writes them (bug 1): that one is
@@ -242,10 +248,7 @@ func (l *forwardLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Er
 	if out == nil {
 		return l.Endpoint.WritePackets(pkts)
 	}
-	defer func() {
-		out.Reset() // drops out's references
-		sendLists.Put(out)
-	}()
+	defer putSendList(out)
 	if out.Len() == 0 {
 		return len(all), nil
 	}
