@@ -33,11 +33,14 @@ type UDPConn struct {
 	mu sync.Mutex
 	// writeDeadline is a copy of the write deadline that gonet keeps to
 	// itself.
+	// +checklocks:mu
 	writeDeadline time.Time
 	// changed is closed, and replaced, when writeDeadline changes or the
 	// conn is closed, to wake waiting writers; nil until a writer waits.
+	// +checklocks:mu
 	changed chan struct{}
-	closed  bool
+	// +checklocks:mu
+	closed bool
 }
 
 var (
