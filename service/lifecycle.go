@@ -153,6 +153,7 @@ func (l *Lifecycle) Closing() bool {
 // then returns nil. Each connection goes to admit, which either takes it
 // (true) or closes it itself (false, over a limit); an admitted one is
 // served by handle in a goroutine of its own, which Shutdown waits for.
+// A connection accepted after StopAccepting is closed unserved.
 // Failed accepts are counted in AcceptErrors and retried with backoff
 // (logged on log, rate limited). If the listener is closed by someone
 // else, Serve returns its error.
@@ -182,17 +183,35 @@ func (l *Lifecycle) Serve(log *slog.Logger, admit func(net.Conn) bool, handle fu
 			continue
 		}
 		backoff = 0
+		if !l.countHandler() { // StopAccepting ran since Accept returned
+			c.Close()
+			return nil
+		}
 		if !admit(c) {
+			l.handlers.Done()
+			l.wg.Done()
 			continue
 		}
-		l.wg.Add(1)
-		l.handlers.Add(1)
 		go func() {
 			defer l.wg.Done()
 			defer l.handlers.Done()
 			handle(c)
 		}()
 	}
+}
+
+// countHandler counts a handler in wg and handlers, unless StopAccepting
+// has run. Counting under mu orders every Add before Shutdown's wait on
+// handlers, as sync.WaitGroup requires of an Add from zero.
+func (l *Lifecycle) countHandler() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closing {
+		return false
+	}
+	l.wg.Add(1)
+	l.handlers.Add(1)
+	return true
 }
 
 // Enter counts a goroutine of the service that Serve did not start (an
