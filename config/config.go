@@ -168,15 +168,10 @@ const (
 	LogJSON                  // slog.JSONHandler
 )
 
-func (f LogFormat) String() string {
-	switch f {
-	case LogText:
-		return "text"
-	case LogJSON:
-		return "json"
-	}
-	return "LogFormat(" + strconv.Itoa(int(f)) + ")"
-}
+// logFormats are the LogFormat names, in order, as the file spells them.
+var logFormats = []string{"text", "json"}
+
+func (f LogFormat) String() string { return enumName("LogFormat", logFormats, int(f)) }
 
 // Status is the status block: an HTTP server with JSON at /status and
 // Prometheus metrics at /metrics.
@@ -248,17 +243,11 @@ const (
 	CongestionCubic
 )
 
-func (c Congestion) String() string {
-	switch c {
-	case CongestionDefault:
-		return "default"
-	case CongestionReno:
-		return "reno"
-	case CongestionCubic:
-		return "cubic"
-	}
-	return "Congestion(" + strconv.Itoa(int(c)) + ")"
-}
+// congestions are the Congestion names, in order; the file spells all but
+// the first (CongestionDefault is leaving the attribute out).
+var congestions = []string{"default", "reno", "cubic"}
+
+func (c Congestion) String() string { return enumName("Congestion", congestions, int(c)) }
 
 // Tunnel is a tunnel block: one point-to-point IPIP link to a peer, which
 // becomes one NIC of the stack.
@@ -395,15 +384,10 @@ const (
 	TransportRaw
 )
 
-func (t Transport) String() string {
-	switch t {
-	case TransportUDP:
-		return "udp"
-	case TransportRaw:
-		return "raw"
-	}
-	return "Transport(" + strconv.Itoa(int(t)) + ")"
-}
+// transports are the Transport names, in order, as the file spells them.
+var transports = []string{"udp", "raw"}
+
+func (t Transport) String() string { return enumName("Transport", transports, int(t)) }
 
 // TTL is an outer TTL (IPv4) or hop limit (IPv6): 1..255, or TTLInherit.
 type TTL uint8
@@ -450,17 +434,10 @@ const (
 	DFClear
 )
 
-func (d DF) String() string {
-	switch d {
-	case DFSet:
-		return "set"
-	case DFInherit:
-		return "inherit"
-	case DFClear:
-		return "clear"
-	}
-	return "DF(" + strconv.Itoa(int(d)) + ")"
-}
+// dfPolicies are the DF names, in order, as the file spells them.
+var dfPolicies = []string{"set", "inherit", "clear"}
+
+func (d DF) String() string { return enumName("DF", dfPolicies, int(d)) }
 
 // OuterIPv6 reports whether the tunnel's outer header is IPv6.
 func (t *Tunnel) OuterIPv6() bool { return t.Local.Addr().Is6() }
@@ -562,14 +539,18 @@ const (
 	UDP
 )
 
-func (p Protocol) String() string {
-	switch p {
-	case TCP:
-		return "tcp"
-	case UDP:
-		return "udp"
+// protocols are the Protocol names, in order, as the file spells them.
+var protocols = []string{"tcp", "udp"}
+
+func (p Protocol) String() string { return enumName("Protocol", protocols, int(p)) }
+
+// enumName returns names[i], the name of value i of an iota enum type
+// named typ, or "typ(i)" for a value without a name.
+func enumName(typ string, names []string, i int) string {
+	if i >= 0 && i < len(names) {
+		return names[i]
 	}
-	return "Protocol(" + strconv.Itoa(int(p)) + ")"
+	return typ + "(" + strconv.Itoa(i) + ")"
 }
 
 // Forward is a forward block: a listener on the host whose connections (TCP)

@@ -195,7 +195,7 @@ func (d *decoder) decodeLog(b *hcl.Block) Log {
 	if i, ok := d.enum(a["level"], "debug", "info", "warn", "error"); ok {
 		l.Level = []LogLevel{LogDebug, LogInfo, LogWarn, LogError}[i]
 	}
-	if i, ok := d.enum(a["format"], "text", "json"); ok {
+	if i, ok := d.enum(a["format"], logFormats...); ok {
 		l.Format = LogFormat(i)
 	}
 	return l
@@ -225,7 +225,7 @@ func (d *decoder) decodeStack(b *hcl.Block) Stack {
 	if v, ok := d.boolean(a["tcp_sack"]); ok {
 		s.TCPSACK = v
 	}
-	if i, ok := d.enum(a["tcp_congestion"], "reno", "cubic"); ok {
+	if i, ok := d.enum(a["tcp_congestion"], congestions[CongestionReno:]...); ok {
 		s.TCPCongestion = CongestionReno + Congestion(i)
 	}
 	const bufWhy = " bytes (4 KiB to 1 GiB)"
@@ -337,7 +337,7 @@ func (d *decoder) decodeTunnel(b *hcl.Block) (Tunnel, tunnelSrc) {
 
 	transportOK := true
 	if at := a["transport"]; at != nil {
-		i, ok := d.enum(at, "udp", "raw")
+		i, ok := d.enum(at, transports...)
 		t.Transport, transportOK = Transport(i), ok
 	}
 	localOK, remoteOK := false, false
@@ -409,7 +409,7 @@ func (d *decoder) decodeTunnel(b *hcl.Block) (Tunnel, tunnelSrc) {
 			t.TOS = TOSInherit
 		}
 	}
-	if i, ok := d.enum(a["df"], "set", "inherit", "clear"); ok {
+	if i, ok := d.enum(a["df"], dfPolicies...); ok {
 		t.DF = DF(i)
 	}
 	if outerOK && t.Transport == TransportRaw && t.OuterIPv6() {
@@ -551,7 +551,7 @@ func (d *decoder) outerAddr(a *hcl.Attribute, tr Transport) (netip.AddrPort, boo
 func (d *decoder) decodeForward(b *hcl.Block) (Forward, hcl.Attributes) {
 	a := d.content(b, forwardSchema)
 	f := Forward{Name: b.Labels[0], MaxConnections: DefaultMaxConnections, DialTimeout: DefaultDialTimeout}
-	if i, ok := d.enum(a["protocol"], "tcp", "udp"); ok {
+	if i, ok := d.enum(a["protocol"], protocols...); ok {
 		f.Protocol = Protocol(i)
 	}
 	if f.Protocol == UDP {

@@ -84,7 +84,7 @@ const (
 
 var filterActions = []string{"deny", "allow"}
 
-func (a FilterAction) String() string { return enumName(filterActions, int(a)) }
+func (a FilterAction) String() string { return enumName("FilterAction", filterActions, int(a)) }
 
 // FilterProtocol is the protocol a rule matches.
 type FilterProtocol int
@@ -99,14 +99,7 @@ const (
 
 var filterProtocols = []string{"any", "tcp", "udp", "icmp"}
 
-func (p FilterProtocol) String() string { return enumName(filterProtocols, int(p)) }
-
-func enumName(names []string, i int) string {
-	if i >= 0 && i < len(names) {
-		return names[i]
-	}
-	return "unknown"
-}
+func (p FilterProtocol) String() string { return enumName("FilterProtocol", filterProtocols, int(p)) }
 
 // tunnelFilter decodes the filter block b of t, refusing a second one.
 func (d *decoder) tunnelFilter(t *Tunnel, b *hcl.Block) {

@@ -23,8 +23,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ipipstack/ipipstack/stack"
 	"golang.org/x/net/proxy"
+
+	"github.com/ipipstack/ipipstack/internal/servicetest"
+	"github.com/ipipstack/ipipstack/stack"
 )
 
 func TestTwoDaemons(t *testing.T) {
@@ -327,7 +329,7 @@ func TestTUN(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			checkGoroutines(t)
 			hasNetAdmin = func() bool { return tt.netAdmin }
-			var logs syncBuffer
+			var logs servicetest.LogBuffer
 			fake := &fakeTUN{}
 			started := false
 			opts := Options{Logger: testLogger(t, &logs), StartTUN: func(ctx context.Context, s *stack.Stack, o TUNOptions) (io.Closer, error) {

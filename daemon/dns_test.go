@@ -12,6 +12,7 @@ import (
 	"golang.org/x/net/proxy"
 
 	"github.com/ipipstack/ipipstack/internal/dnstest"
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 	"github.com/ipipstack/ipipstack/service/socks5"
 )
 
@@ -120,7 +121,7 @@ socks5 "nodns" {
   listen = "127.0.0.1:4"
 }`, pa, pb))
 	cfg.SOCKS5[0].Listen = netip.MustParseAddrPort("127.0.0.1:0")
-	var logs syncBuffer
+	var logs servicetest.LogBuffer
 	a := startDaemon(t, cfg, Options{Logger: testLogger(t, &logs)})
 	c, err := net.Dial("tcp", svcStatus(t, a, KindSOCKS5, "nodns").Listen)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ipipstack/ipipstack/endpoint/encap"
 	"github.com/ipipstack/ipipstack/internal/pkttest"
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
 
 // ipv4UDP is an IPv4 UDP packet src -> dst with a valid header checksum.
@@ -40,7 +41,7 @@ tunnel "b" {
   remote    = "127.0.0.1:%d"
   addresses = ["10.99.0.1/30"]
 }`, pl, pr))
-	var buf syncBuffer
+	var buf servicetest.LogBuffer
 	log := slog.New(slog.NewTextHandler(&buf, nil)) // info, the default level
 	d := startDaemon(t, cfg, Options{Logger: log})
 

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ipipstack/ipipstack/config"
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
 
 // freeUDPPort returns a UDP port on 127.0.0.1 that was free a moment ago.
@@ -32,30 +32,12 @@ func freeUDPPort(t testing.TB) uint16 {
 }
 
 // testLogger logs to the test's output and, if buf is not nil, to buf.
-func testLogger(t testing.TB, buf *syncBuffer) *slog.Logger {
+func testLogger(t testing.TB, buf *servicetest.LogBuffer) *slog.Logger {
 	var w io.Writer = t.Output()
 	if buf != nil {
 		w = io.MultiWriter(w, buf)
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // pair is two daemons, A and B, joined by a UDP tunnel over loopback, as
@@ -72,7 +54,7 @@ type pairOptions struct {
 	aTunnel    string // extra attributes for A's tunnel block
 	drain      time.Duration
 	serveTCP   func(net.Conn) // B's host TCP service; default echo
-	logBufferA *syncBuffer
+	logBufferA *servicetest.LogBuffer
 }
 
 // newPair starts the daemons; they are shut down by t.Cleanup unless the

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
 
 // peerOf returns the watched state of d's tunnel name.
@@ -35,7 +37,7 @@ func getPath(d *Daemon, path string) (int, string) {
 // while B answers, down once B is shut down, up again once B restarts;
 // /readyz, /status and /metrics follow, and each change is logged.
 func TestKeepalivePeerDownAndUp(t *testing.T) {
-	var logA syncBuffer
+	var logA servicetest.LogBuffer
 	p := newPair(t, pairOptions{aTunnel: `keepalive = "1s"`, logBufferA: &logA})
 	const patience = 30 * time.Second
 	waitFor(t, patience, "peer up", func() bool { return peerOf(t, p.a, "b").State == PeerUp })

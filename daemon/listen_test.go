@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
 
 // startOne starts a daemon with a tunnel to a peer that never answers, a
@@ -104,7 +106,7 @@ type fdChild struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	lines  chan string
-	stderr *syncBuffer
+	stderr *servicetest.LogBuffer
 	addrs  map[string]string // "status", "forward", "socks5"
 }
 
@@ -114,7 +116,7 @@ func startFDChild(t *testing.T) *fdChild {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1")
 	cmd.Env = append(os.Environ(), fdChildEnv+"="+t.Name())
-	c := &fdChild{t: t, cmd: cmd, lines: make(chan string, 16), stderr: &syncBuffer{}}
+	c := &fdChild{t: t, cmd: cmd, lines: make(chan string, 16), stderr: &servicetest.LogBuffer{}}
 	cmd.Stderr = c.stderr
 	var err error
 	if c.stdin, err = cmd.StdinPipe(); err != nil {
@@ -193,14 +195,14 @@ func (c *fdChild) send(cmd string) {
 type childSide struct {
 	t   *testing.T
 	d   *Daemon
-	log *syncBuffer
+	log *servicetest.LogBuffer
 	in  *bufio.Scanner
 }
 
 // startChildSide starts the child's daemon and tells the parent where it
 // listens.
 func startChildSide(t *testing.T) *childSide {
-	log := &syncBuffer{}
+	log := &servicetest.LogBuffer{}
 	h := slog.NewTextHandler(io.MultiWriter(os.Stderr, log), &slog.HandlerOptions{Level: slog.LevelDebug})
 	c := &childSide{t: t, log: log, in: bufio.NewScanner(os.Stdin)}
 	c.d = startOne(t, Options{Logger: slog.New(h), DrainTimeout: -1})

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
 
 // TestSharedPortStatusAndReload runs two tunnels of A on one local port,
@@ -31,7 +33,7 @@ tunnel %q {
 	startDaemon(t, parse(t, tunnel("x", peerPorts[0], hub, "10.51.0.2/30")+
 		tunnel("y", peerPorts[1], hub, "10.52.0.2/30")+
 		tunnel("z", peerPorts[2], hub, "10.53.0.2/30")), Options{Logger: testLogger(t, nil).With("peer", "B")})
-	var logs syncBuffer
+	var logs servicetest.LogBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	a := startDaemon(t, parse(t, tunnel("x", hub, peerPorts[0], "10.51.0.1/30")+
 		tunnel("y", hub, peerPorts[1], "10.52.0.1/30")), Options{Logger: log})

@@ -10,11 +10,8 @@ package demo
 
 import (
 	"context"
-	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -23,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ipipstack/ipipstack/endpoint/encap"
+	xfer "github.com/ipipstack/ipipstack/internal/transfer"
 	"github.com/ipipstack/ipipstack/stack"
 )
 
@@ -211,61 +209,13 @@ func fetch(ctx context.Context, a *stack.Stack, url string) (string, error) {
 }
 
 // transfer moves size pseudo-random bytes from a to b over one TCP
-// connection and compares SHA-256 sums.
+// connection and compares SHA-256 sums (internal/transfer).
 func transfer(ctx context.Context, a, b *stack.Stack, size int64) (time.Duration, error) {
 	ln, err := b.Listen("tcp", "10.99.0.2:5001")
 	if err != nil {
 		return 0, err
 	}
-	defer ln.Close()
-	type result struct {
-		sum [sha256.Size]byte
-		n   int64
-		err error
-	}
-	got := make(chan result, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- result{err: err}
-			return
-		}
-		defer c.Close()
-		h := sha256.New()
-		n, err := io.Copy(h, c)
-		var r result
-		copy(r.sum[:], h.Sum(nil))
-		r.n, r.err = n, err
-		got <- r
-	}()
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	c, err := a.DialContext(dctx, "tcp", "10.99.0.2:5001")
-	if err != nil {
-		return 0, err
-	}
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
-	start := time.Now()
-	h := sha256.New()
-	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{'i', 'p', 'i', 'p'}), size), h)
-	if _, err := io.Copy(c, src); err != nil {
-		c.Close()
-		return 0, err
-	}
-	c.Close()
-	var r result
-	select {
-	case r = <-got:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-	d := time.Since(start)
-	if r.err != nil {
-		return d, r.err
-	}
-	if r.n != size || r.sum != [sha256.Size]byte(h.Sum(nil)) {
-		return d, errors.New("received bytes differ from those sent (SHA-256 mismatch)")
-	}
-	return d, nil
+	return xfer.Run(ctx, ln, func(ctx context.Context) (net.Conn, error) {
+		return a.DialContext(ctx, "tcp", "10.99.0.2:5001")
+	}, size, nil)
 }

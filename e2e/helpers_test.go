@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -69,29 +68,11 @@ func bindable(port int) bool {
 	return true
 }
 
-// syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a running ipipstack process.
 type proc struct {
 	name   string
 	cmd    *exec.Cmd
-	out    syncBuffer // stdout and stderr
+	out    servicetest.LogBuffer // stdout and stderr
 	done   chan struct{}
 	err    error // from Wait, once done is closed
 	exited time.Time

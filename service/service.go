@@ -1,11 +1,15 @@
 // Package service holds what the daemon's services (forwards, the SOCKS5
-// proxy) share: the Network they dial and listen on. The tunnel stack
-// (*stack.Stack) and the host (Host) both satisfy it, so a local forward is
-// "listen on Host, dial on the stack" and a reverse forward the other way round.
+// and HTTP proxies) share: the Network they dial and listen on, and the
+// Lifecycle that takes them from Start to Close or Shutdown (listener,
+// accept loop, open connections, goroutines). The tunnel stack
+// (*stack.Stack) and the host (Host) both satisfy Network, so a local
+// forward is "listen on Host, dial on the stack" and a reverse forward the
+// other way round.
 package service
 
 import (
 	"context"
+	"log/slog"
 	"net"
 )
 
@@ -36,4 +40,22 @@ func (Host) Listen(network, address string) (net.Listener, error) {
 // ListenPacket implements Network.ListenPacket.
 func (Host) ListenPacket(network, address string) (net.PacketConn, error) {
 	return net.ListenPacket(network, address)
+}
+
+// OrHost returns n, or Host{} if n is nil: the default of the services'
+// Network fields.
+func OrHost(n Network) Network {
+	if n == nil {
+		return Host{}
+	}
+	return n
+}
+
+// LoggerOrDiscard returns l, or a logger that discards everything if l is
+// nil: the default of the services' Logger fields.
+func LoggerOrDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
 }

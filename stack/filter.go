@@ -537,7 +537,10 @@ var filterEpoch = time.Now()
 
 func monotonicNanos() int64 { return int64(time.Since(filterEpoch)) + 1 }
 
-// newTunnelFilter validates f and builds its state.
+// newTunnelFilter validates f and builds its state. It fills the shards
+// without their locks: nothing else sees them yet.
+//
+// +checklocksignore
 func newTunnelFilter(f *Filter, tunnel string, log *slog.Logger) (*tunnelFilter, error) {
 	if err := f.validate(); err != nil {
 		return nil, err

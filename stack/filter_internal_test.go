@@ -325,7 +325,10 @@ func TestFilterTableBound(t *testing.T) {
 		}
 		total := 0
 		for i := range tf.shards {
-			total += len(tf.shards[i].m)
+			sh := &tf.shards[i]
+			sh.mu.Lock()
+			total += len(sh.m)
+			sh.mu.Unlock()
 		}
 		if total != st.Flows {
 			t.Errorf("max %d: shards hold %d flows, counter says %d", max, total, st.Flows)

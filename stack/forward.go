@@ -14,62 +14,8 @@ import (
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
-// Forwarding (Config.Forwarding) is gVisor's, with workarounds for three
-// bugs of the gVisor version this module pins (ipv4.go and ipv6.go in
-// pkg/tcpip/network):
-//
-//  1. forwardPacketWithRoute recomputes the TCP or UDP checksum of every
-//     packet it forwards out of a NIC without TX checksum offload. For a
-//     first fragment it sums only that fragment, so the reassembled
-//     datagram fails its checksum; in a later IPv4 fragment it overwrites
-//     two bytes of data (6-7 or 16-17) taken for a checksum field; and it
-//     repairs a packet corrupted on the way, which a router must pass on.
-//     The tunnel endpoint therefore declares TX checksum offload and
-//     completes the checksums of the packets the stack itself sends
-//     (endpoint.TXChecksummer, endpoint/txcsum.go), and forwarded packets
-//     leave as they came. A link added with AddLink (the TUN device,
-//     gVisor's fdbased) declares no offload of its own: its forwardLink
-//     (see 2) declares it instead and completes the checksums with an
-//     endpoint.TXChecksummer before the link writes the packets, so
-//     that forwarded packets leave the TUN device as they came too.
-//  2. An IPv4 router that has to cut a packet which is already a fragment
-//     (handleFragments, buildNextFragment) numbers the pieces from offset
-//     0 and sets More Fragments only on the pieces it cut, not after them:
-//     the destination reassembles garbage. So on a forwarding stack each
-//     NIC's link endpoint is wrapped in a forwardLink, which cuts an IPv4
-//     packet without DF that is bigger than the MTU of the link it will
-//     leave by itself, with offsets counted from the original datagram
-//     (RFC 791 §3.2; options whose copy flag is clear go in the first
-//     piece only), and hands gVisor pieces that fit. A packet whose data
-//     would end past byte 65535 of its datagram, which no valid datagram
-//     has, is dropped and counted (ForwardStats.OffsetOverflow): its later
-//     pieces would need offsets past the field's 65528 and would wrap.
-//  3. forwardUnicastPacket tests the IPv4 TTL for 0 before decrementing
-//     it, so a packet that arrives with TTL 1 leaves with TTL 0 and the
-//     next hop answers Time Exceeded (IPv6 tests the hop limit for <= 1,
-//     as it should). The forwardLink sets the TTL of a packet to be
-//     forwarded that arrives with TTL 1 to 0, so that gVisor discards it
-//     and answers Time Exceeded from this hop (RFC 1812 §5.3.1). The quote
-//     in that message shows TTL 0 where Linux shows 1.
-//
-// A fourth bug has no workaround here: forwardPacketWithRoute reads the
-// TTL through a header slice whose chunk DeepCopyForForwarding has
-// released (copy-on-write), a use-after-free that the race detector
-// reports when two NICs forward IPv4 at once. The tests that do so skip
-// under -race, and `make test` runs them again without it.
-//
-// IPv6 routers do not fragment (RFC 8200 §4.5): gVisor answers an IPv6
-// packet too big for the next link with Packet Too Big. gVisor's UDP,
-// though, ignores Packet Too Big and keeps no path MTU per destination, and
-// its IPv6 fragments to the NIC MTU only, so a sender's UDP datagrams that
-// its own stack fragments for a wider first link would be refused at the
-// narrow hop every time (TCP adapts its segment size). The sender's tunnel
-// endpoint therefore keeps the path MTU cache that gVisor lacks
-// (endpoint/pmtu6.go): it learns a destination's MTU from the Packet Too
-// Big it passes to the stack, and cuts the IPv6 packets, other than TCP,
-// that the stack then sends there into fragments that fit. The datagram
-// that drew the Packet Too Big is lost, and the ones after it arrive. A
-// router's forwarded packets are never cut.
+// Forwarding works around three bugs of gVisor's: see "Forwarding" in the
+// package doc (doc.go), which the numbers "bug 1" to "bug 3" below refer to.
 
 // ForwardStats counts what a forwarding stack did to packets on their way
 // through, beyond gVisor's own counters (GVisor().Stats().IP.Forwarding).
@@ -198,6 +144,12 @@ func (l *forwardLink) Capabilities() gvstack.LinkEndpointCapabilities {
 // sendLists recycles the packet lists of forwardLink.WritePackets.
 var sendLists = sync.Pool{New: func() any { return new(gvstack.PacketBufferList) }}
 
+// putSendList drops the references of out and recycles it.
+func putSendList(out *gvstack.PacketBufferList) {
+	out.Reset()
+	sendLists.Put(out)
+}
+
 // WritePackets implements stack.LinkEndpoint.WritePackets. If the
 // forwardLink completes checksums, it does so for each packet of pkts
 // before the NIC's own link endpoint writes them (bug 1): that one is
@@ -242,10 +194,7 @@ func (l *forwardLink) WritePackets(pkts gvstack.PacketBufferList) (int, tcpip.Er
 	if out == nil {
 		return l.Endpoint.WritePackets(pkts)
 	}
-	defer func() {
-		out.Reset() // drops out's references
-		sendLists.Put(out)
-	}()
+	defer putSendList(out)
 	if out.Len() == 0 {
 		return len(all), nil
 	}

@@ -17,9 +17,8 @@ package stack
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"io"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -27,6 +26,7 @@ import (
 	"time"
 
 	"github.com/ipipstack/ipipstack/internal/pkttest"
+	"github.com/ipipstack/ipipstack/internal/transfer"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -563,50 +563,19 @@ func newGVCPair(t *testing.T, fam gvcFamily, la, lb *gvcLink) *gvcPair {
 }
 
 // transferTCP sends n bytes from a to b over TCP and checks that b
-// received them intact.
+// received them intact (internal/transfer).
 func (p *gvcPair) transferTCP(t *testing.T, n int) {
 	t.Helper()
-	l, err := gonet.ListenTCP(p.b, tcpip.FullAddress{NIC: 1, Addr: tcpipAddr(p.fam.peer), Port: 80}, p.fam.proto)
+	addr := tcpip.FullAddress{NIC: 1, Addr: tcpipAddr(p.fam.peer), Port: 80}
+	l, err := gonet.ListenTCP(p.b, addr, p.fam.proto)
 	if err != nil {
 		t.Fatalf("ListenTCP: %v", err)
 	}
-	defer l.Close()
-	type result struct {
-		sum [32]byte
-		n   int64
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer c.Close()
-		h := sha256.New()
-		c.SetDeadline(time.Now().Add(10 * time.Second)) // a hang fails, not a slow run
-		n, err := io.Copy(h, c)
-		var r result
-		copy(r.sum[:], h.Sum(nil))
-		r.n, r.err = n, err
-		done <- r
-	}()
-	c, err := gonet.DialTCP(p.a, tcpip.FullAddress{NIC: 1, Addr: tcpipAddr(p.fam.peer), Port: 80}, p.fam.proto)
-	if err != nil {
-		t.Fatalf("DialTCP: %v", err)
-	}
-	data := gvcPattern(n, 3)
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write(data); err != nil {
-		t.Fatalf("Write: %v", err)
-	}
-	if err := c.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
-	r := <-done
-	if r.err != nil || r.n != int64(n) || r.sum != sha256.Sum256(data) {
-		t.Fatalf("b received %d bytes (err %v), SHA-256 %x; want %d bytes, %x", r.n, r.err, r.sum, n, sha256.Sum256(data))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // a hang fails, not a slow run
+	defer cancel()
+	dial := func(context.Context) (net.Conn, error) { return gonet.DialTCP(p.a, addr, p.fam.proto) }
+	if _, err := transfer.Run(ctx, l, dial, int64(n), nil); err != nil {
+		t.Fatalf("a to b: %v", err)
 	}
 }
 

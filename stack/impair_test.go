@@ -1,12 +1,7 @@
 package stack_test
 
 import (
-	"bytes"
-	"context"
-	"crypto/sha256"
 	"fmt"
-	"io"
-	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -149,57 +144,5 @@ func TestImpairedTransfer(t *testing.T) {
 // pseudo-random bytes from one stack to a listener on the other and
 // reports an error unless they arrive byte-exact within timeout.
 func transferErr(from, to *stack.Stack, listen string, n int64, timeout time.Duration) (time.Duration, error) {
-	ln, err := to.Listen("tcp", listen)
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	type result struct {
-		sum [32]byte
-		n   int64
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(timeout))
-		h := sha256.New()
-		n, err := io.Copy(h, c)
-		var r result
-		copy(r.sum[:], h.Sum(nil))
-		r.n, r.err = n, err
-		done <- r
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	start := time.Now()
-	c, err := from.DialContext(ctx, "tcp", ln.Addr().String())
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	h := sha256.New()
-	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{1, 2, 3}), n), h)
-	if _, err := io.Copy(c, src); err != nil {
-		return 0, fmt.Errorf("sender: %w", err)
-	}
-	c.Close()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			return 0, fmt.Errorf("receiver: %w", r.err)
-		}
-		if r.n != n || !bytes.Equal(r.sum[:], h.Sum(nil)) {
-			return 0, fmt.Errorf("received %d bytes with SHA-256 %x, sent %d with %x", r.n, r.sum, n, h.Sum(nil))
-		}
-	case <-time.After(time.Until(start.Add(timeout)) + time.Second):
-		return 0, fmt.Errorf("transfer did not finish in %v", timeout)
-	}
-	return time.Since(start), nil
+	return transferErrMidway(from, to, listen, n, timeout, nil)
 }

@@ -1,31 +1,12 @@
 package stack_test
 
 import (
-	"bytes"
 	"encoding/binary"
-	"sync"
 	"testing"
 
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 	"github.com/ipipstack/ipipstack/stack"
 )
-
-// lockedBuffer is an io.Writer safe for the sniffer's concurrent writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]byte(nil), l.b.Bytes()...)
-}
 
 // synMSS walks a pcap of raw IPv4 packets and returns the MSS option of
 // every TCP SYN in it.
@@ -77,7 +58,7 @@ func TestAdvertisedMSS(t *testing.T) {
 	for _, tc := range []struct {
 		mtu, mss int
 	}{{0, 1432}, {1480, 1440}} {
-		var capA lockedBuffer
+		var capA servicetest.LogBuffer
 		p := newPair(t, "127.0.0.1", func(side int, tun *stack.Tunnel) {
 			tun.MTU = tc.mtu
 			if side == 0 {

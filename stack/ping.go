@@ -4,14 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
-	"net"
 	"net/netip"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
@@ -19,51 +16,35 @@ import (
 // reply comes back or ctx ends, and returns the round-trip time of the
 // first reply. Without a deadline on ctx it gives up after 10 seconds.
 func (s *Stack) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) {
-	opErr := func(err error) error {
-		return &net.OpError{Op: "ping", Net: "ip", Addr: &net.IPAddr{IP: dst.AsSlice()}, Err: err}
-	}
-	if s.isClosed() {
-		return 0, opErr(ErrClosed)
-	}
-	dst = dst.Unmap()
-	if !dst.IsValid() {
-		return 0, opErr(errors.New("invalid address"))
+	opErr := echoOpError("ping", dst)
+	dst, err := s.echoTarget(dst, opErr)
+	if err != nil {
+		return 0, err
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 	}
-	proto := protoOf(dst)
-	transport, echo, reply := icmp.ProtocolNumber4, uint8(header.ICMPv4Echo), uint8(header.ICMPv4EchoReply)
+	reply := uint8(header.ICMPv4EchoReply)
 	if dst.Is6() {
-		transport, echo, reply = icmp.ProtocolNumber6, uint8(header.ICMPv6EchoRequest), uint8(header.ICMPv6EchoReply)
+		reply = uint8(header.ICMPv6EchoReply)
 	}
-	var wq waiter.Queue
-	ep, terr := s.gv.NewEndpoint(transport, proto, &wq)
-	if terr != nil {
-		return 0, opErr(translate("socket", terr))
+	e, err := s.openEcho(dst, opErr)
+	if err != nil {
+		return 0, err
 	}
-	defer ep.Close()
-	if terr := ep.Connect(tcpip.FullAddress{Addr: tcpipAddr(dst)}); terr != nil {
-		return 0, opErr(translate("connect", terr))
-	}
+	defer e.Close()
 	entry, readable := waiter.NewChannelEntry(waiter.ReadableEvents)
-	wq.EventRegister(&entry)
-	defer wq.EventUnregister(&entry)
+	e.wq.EventRegister(&entry)
+	defer e.wq.EventUnregister(&entry)
 
-	// The ping endpoint fills in the identifier and the checksum.
-	payload := make([]byte, 8+32)
-	payload[0] = echo
 	sent := map[uint16]time.Time{}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var buf bytes.Buffer
 	for seq := uint16(1); ; {
-		binary.BigEndian.PutUint16(payload[6:], seq)
-		var r bytes.Reader
-		r.Reset(payload)
-		if _, terr := ep.Write(&r, tcpip.WriteOptions{}); terr != nil {
+		if terr := e.send(seq); terr != nil {
 			return 0, opErr(translate("sendto", terr))
 		}
 		sent[seq] = time.Now()
@@ -79,7 +60,7 @@ func (s *Stack) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error)
 			}
 			for {
 				buf.Reset()
-				_, terr := ep.Read(&buf, tcpip.ReadOptions{})
+				_, terr := e.ep.Read(&buf, tcpip.ReadOptions{})
 				if _, ok := terr.(*tcpip.ErrWouldBlock); ok {
 					break
 				}

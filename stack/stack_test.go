@@ -3,12 +3,10 @@ package stack_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -19,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ipipstack/ipipstack/endpoint/encap"
+	xfer "github.com/ipipstack/ipipstack/internal/transfer"
 	"github.com/ipipstack/ipipstack/stack"
 )
 
@@ -79,71 +78,30 @@ func transfer(t testing.TB, from, to *stack.Stack, listen string, n int64) time.
 
 // transferMidway is transfer that, once half of the bytes are written,
 // runs midway (if not nil) while the rest are written, and fails the test
-// if it returns an error.
+// if it returns an error. It is internal/transfer's Run, given 3 minutes
+// before it counts as a hang.
 func transferMidway(t testing.TB, from, to *stack.Stack, listen string, n int64, midway func() error) time.Duration {
 	t.Helper()
+	d, err := transferErrMidway(from, to, listen, n, 3*time.Minute, midway)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// transferErrMidway runs internal/transfer's Run from one stack to a
+// listener at listen on the other, within timeout; it can be called from
+// any goroutine.
+func transferErrMidway(from, to *stack.Stack, listen string, n int64, timeout time.Duration, midway func() error) (time.Duration, error) {
 	ln, err := to.Listen("tcp", listen)
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
-	defer ln.Close()
-	type result struct {
-		sum [32]byte
-		n   int64
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer c.Close()
-		h := sha256.New()
-		n, err := io.Copy(h, c)
-		var r result
-		copy(r.sum[:], h.Sum(nil))
-		r.n, r.err = n, err
-		done <- r
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	c, err := from.DialContext(ctx, "tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	h := sha256.New()
-	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{1, 2, 3}), n), h)
-	changed := make(chan error, 1)
-	if midway == nil {
-		changed <- nil
-	} else {
-		if _, err := io.CopyN(c, src, n/2); err != nil {
-			t.Fatal(err)
-		}
-		go func() { changed <- midway() }()
-	}
-	if _, err := io.Copy(c, src); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	if err := <-changed; err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case r := <-done:
-		if r.err != nil {
-			t.Fatalf("receiver: %v", r.err)
-		}
-		if r.n != n || !bytes.Equal(r.sum[:], h.Sum(nil)) {
-			t.Fatalf("received %d bytes with SHA-256 %x, sent %d with %x", r.n, r.sum, n, h.Sum(nil))
-		}
-	case <-time.After(120 * time.Second):
-		t.Fatal("transfer did not finish in 120 s")
-	}
-	return time.Since(start)
+	return xfer.Run(ctx, ln, func(ctx context.Context) (net.Conn, error) {
+		return from.DialContext(ctx, "tcp", ln.Addr().String())
+	}, n, midway)
 }
 
 func transferSize(t testing.TB) int64 {

@@ -5,13 +5,11 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"net"
 	"net/netip"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
@@ -59,15 +57,10 @@ type Hop struct {
 // opts.Wait and by ctx; a cancelled ctx returns the hops so far with its
 // error.
 func (s *Stack) Traceroute(ctx context.Context, dst netip.Addr, opts TraceOptions, hop func(Hop)) ([]Hop, error) {
-	opErr := func(err error) error {
-		return &net.OpError{Op: "traceroute", Net: "ip", Addr: &net.IPAddr{IP: dst.AsSlice()}, Err: err}
-	}
-	if s.isClosed() {
-		return nil, opErr(ErrClosed)
-	}
-	dst = dst.Unmap()
-	if !dst.IsValid() {
-		return nil, opErr(errors.New("invalid address"))
+	opErr := echoOpError("traceroute", dst)
+	dst, err := s.echoTarget(dst, opErr)
+	if err != nil {
+		return nil, err
 	}
 	maxHops, wait := opts.MaxHops, opts.Wait
 	if maxHops <= 0 {
@@ -79,29 +72,25 @@ func (s *Stack) Traceroute(ctx context.Context, dst netip.Addr, opts TraceOption
 	if wait <= 0 {
 		wait = DefaultTraceWait
 	}
-	proto := protoOf(dst)
-	transport, echo, ttlOpt := icmp.ProtocolNumber4, uint8(header.ICMPv4Echo), tcpip.IPv4TTLOption
+	ttlOpt := tcpip.IPv4TTLOption
 	if dst.Is6() {
-		transport, echo, ttlOpt = icmp.ProtocolNumber6, uint8(header.ICMPv6EchoRequest), tcpip.IPv6HopLimitOption
+		ttlOpt = tcpip.IPv6HopLimitOption
 	}
 	// The echo requests leave through a ping endpoint, which fills in the
 	// identifier (its port) and the checksum; every answer, replies and
 	// errors, is read from a raw ICMP endpoint, which sees them all.
-	var wq, rwq waiter.Queue
-	ep, terr := s.gv.NewEndpoint(transport, proto, &wq)
-	if terr != nil {
-		return nil, opErr(translate("socket", terr))
+	e, err := s.openEcho(dst, opErr)
+	if err != nil {
+		return nil, err
 	}
-	defer ep.Close()
-	if terr := ep.Connect(tcpip.FullAddress{Addr: tcpipAddr(dst)}); terr != nil {
-		return nil, opErr(translate("connect", terr))
-	}
-	local, terr := ep.GetLocalAddress()
+	defer e.Close()
+	local, terr := e.ep.GetLocalAddress()
 	if terr != nil {
 		return nil, opErr(translate("getsockname", terr))
 	}
 	ident := local.Port
-	raw, terr := s.gv.NewRawEndpoint(transport, proto, &rwq, true)
+	var rwq waiter.Queue
+	raw, terr := s.gv.NewRawEndpoint(e.transport, protoOf(dst), &rwq, true)
 	if terr != nil {
 		return nil, opErr(translate("socket", terr))
 	}
@@ -110,20 +99,15 @@ func (s *Stack) Traceroute(ctx context.Context, dst netip.Addr, opts TraceOption
 	rwq.EventRegister(&entry)
 	defer rwq.EventUnregister(&entry)
 
-	payload := make([]byte, 8+32)
-	payload[0] = echo
 	var hops []Hop
 	var buf bytes.Buffer
 	for ttl := 1; ttl <= maxHops; ttl++ {
-		if terr := ep.SetSockOptInt(ttlOpt, ttl); terr != nil {
+		if terr := e.ep.SetSockOptInt(ttlOpt, ttl); terr != nil {
 			return hops, opErr(translate("setsockopt", terr))
 		}
 		seq := uint16(ttl)
-		binary.BigEndian.PutUint16(payload[6:], seq)
-		var r bytes.Reader
-		r.Reset(payload)
 		t0 := time.Now()
-		if _, terr := ep.Write(&r, tcpip.WriteOptions{}); terr != nil {
+		if terr := e.send(seq); terr != nil {
 			return hops, opErr(translate("sendto", terr))
 		}
 		h := Hop{TTL: ttl}

@@ -23,23 +23,17 @@ import (
 func (s *Stack) AddTunnel(t Tunnel) error {
 	s.tunnelChange.Lock()
 	defer s.tunnelChange.Unlock()
-	fail := func(err error) error {
-		if t.Conn != nil {
-			t.Conn.Close()
-		}
-		return fmt.Errorf("stack: add tunnel %q: %w", t.Name, err)
-	}
 	if t.Name == "" {
-		return fail(fmt.Errorf("no name"))
+		return addTunnelFailed(t, fmt.Errorf("no name"))
 	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return fail(ErrClosed)
+		return addTunnelFailed(t, ErrClosed)
 	}
 	if s.nameTakenLocked(t.Name) {
 		s.mu.Unlock()
-		return fail(ErrLinkExists)
+		return addTunnelFailed(t, ErrLinkExists)
 	}
 	s.nextNIC++
 	nic := s.nextNIC
@@ -51,6 +45,16 @@ func (s *Stack) AddTunnel(t Tunnel) error {
 		return err
 	}
 	return nil
+}
+
+// addTunnelFailed closes t's Conn, which AddTunnel owns once called, and
+// wraps err. It is a function rather than a closure in AddTunnel so that
+// checklocks does not take it to return with tunnelChange held.
+func addTunnelFailed(t Tunnel, err error) error {
+	if t.Conn != nil {
+		t.Conn.Close()
+	}
+	return fmt.Errorf("stack: add tunnel %q: %w", t.Name, err)
 }
 
 // RemoveTunnel removes the named tunnel, whether New or AddTunnel added

@@ -34,12 +34,17 @@ type UDPConn struct {
 	mu sync.Mutex
 	// writeDeadline and readDeadline are copies of the deadlines that
 	// gonet keeps to itself; ReadBatch (udpbatch.go) needs the latter.
-	writeDeadline, readDeadline time.Time
+	// +checklocks:mu
+	writeDeadline time.Time
+	// +checklocks:mu
+	readDeadline time.Time
 	// changed is closed, and replaced, when a deadline changes or the
 	// conn is closed, to wake waiting writers and batch readers; nil
 	// until one waits.
+	// +checklocks:mu
 	changed chan struct{}
-	closed  bool
+	// +checklocks:mu
+	closed bool
 }
 
 var (
@@ -48,12 +53,8 @@ var (
 )
 
 // newUDPConn wraps the UDP endpoint ep, whose waiter queue is wq. Its IPv4
-// datagrams leave without DF (IP_PMTUDISC_DONT). gVisor's default
-// sets DF, like Linux, but unlike Linux its UDP ignores Fragmentation
-// Needed and keeps no path MTU: a datagram bigger than a narrower hop
-// further on would be refused there every time. Without DF the hop
-// fragments it (RFC 791). IPv6 has no DF; its path MTU is learned by the
-// tunnel endpoint (endpoint/pmtu6.go).
+// datagrams leave without DF (IP_PMTUDISC_DONT), where gVisor's default,
+// like Linux's, sets it: see "UDP and the path MTU" in the package doc.
 func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *UDPConn {
 	// A socket of IPv6 only may refuse the IPv4 option; nothing to do then.
 	_ = ep.SetSockOptInt(tcpip.MTUDiscoverOption, int(tcpip.PMTUDiscoveryDont))

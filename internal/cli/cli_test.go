@@ -12,13 +12,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
 	"github.com/ipipstack/ipipstack/config"
 	"github.com/ipipstack/ipipstack/daemon"
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
 
 func cli(t *testing.T, ctx context.Context, args ...string) (stdout, stderr string, code int) {
@@ -188,7 +189,7 @@ tunnel "t" {
 }`, statusAddr, freeUDPPort(t), freeUDPPort(t)))
 
 	ctx, cancel := context.WithCancel(t.Context())
-	var errOut syncWriter
+	var errOut servicetest.LogBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- Main(ctx, []string{"run", "-c", file, "--log-format", "json", "--log-level", "info", "--drain-timeout", "1s"}, &bytes.Buffer{}, &errOut)
@@ -226,24 +227,6 @@ tunnel "t" {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
 	}
-}
-
-// syncWriter is a bytes.Buffer safe for concurrent use.
-type syncWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }
 
 func TestStatusTable(t *testing.T) {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
 
 func freeTCPPort(t *testing.T) int {
@@ -54,7 +56,7 @@ func TestCheckWarnsExposed(t *testing.T) {
 func TestRunWarnsExposed(t *testing.T) {
 	file := exposedConfig(t)
 	ctx, cancel := context.WithCancel(t.Context())
-	var errOut syncWriter
+	var errOut servicetest.LogBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- Main(ctx, []string{"run", "-c", file, "--log-format", "json", "--drain-timeout", "1s"}, &bytes.Buffer{}, &errOut)

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
 
 func freeTCPAddr(t *testing.T) string {
@@ -50,7 +52,7 @@ tunnel "t" {
 	}
 
 	ctx, cancel := context.WithCancel(t.Context())
-	var errOut syncWriter
+	var errOut servicetest.LogBuffer
 	done := make(chan int, 1)
 	go func() { done <- Main(ctx, []string{"run", "-c", file, "--drain-timeout", "1s"}, io.Discard, &errOut) }()
 	defer func() {

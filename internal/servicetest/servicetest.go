@@ -1,7 +1,8 @@
 // Package servicetest holds helpers that tests of several packages share:
 // a goroutine leak check and a dependency check for the service packages,
-// polling for a condition, a UDP echo server on the host, and a log
-// collector.
+// polling for a condition, a UDP echo server on the host, and a buffer
+// safe for concurrent writes (LogBuffer), for logs, process output and
+// captures.
 package servicetest
 
 import (
@@ -117,7 +118,8 @@ func CheckDeps(t testing.TB) {
 }
 
 // LogBuffer collects the lines of a text slog.Logger, for tests that count
-// what a service logged.
+// what a service logged, or anything else written concurrently (a child
+// process's output, a packet capture). Its zero value is ready.
 type LogBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
@@ -139,6 +141,13 @@ func (b *LogBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Bytes returns a copy of everything written so far.
+func (b *LogBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
 }
 
 // Lines returns the lines logged at level ("WARN", "DEBUG", ...) whose

@@ -31,7 +31,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -83,21 +82,11 @@ type TCP struct {
 	accepted, rejected, dialFailures, idleClosed atomic.Uint64
 	active                                       atomic.Int64
 	bytesToTarget, bytesFromTarget               atomic.Int64
-	acceptErrs                                   service.AcceptErrors
 
-	// ctx is cancelled by a forced close; it parents every dial.
-	ctx    context.Context
-	cancel context.CancelFunc
-	log    *slog.Logger
-	wg     sync.WaitGroup  // the accept loop and every connection goroutine
-	connWG sync.WaitGroup  // connection goroutines only, for Shutdown
-	conns  service.ConnSet // closed by forceClose
-
-	mu sync.Mutex
-	// The fields below are guarded by mu.
-	ln      net.Listener
-	started bool
-	closing bool
+	// life holds the listener, the connections and the goroutines; its
+	// Context parents every dial.
+	life service.Lifecycle
+	log  *slog.Logger // set by Start before the accept loop starts
 }
 
 // TCPStats are a TCP forward's counters since Start.
@@ -120,48 +109,27 @@ type TCPStats struct {
 // no context) and passes its values on to dials; cancelling it later does
 // not stop the forward: call Close or Shutdown.
 func (f *TCP) Start(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("forward %q: %w", f.Name, err)
+	if err := claim(ctx, f.Name, &f.life); err != nil {
+		return err
 	}
-	f.mu.Lock()
-	if f.started {
-		f.mu.Unlock()
-		return fmt.Errorf("forward %q: %w", f.Name, ErrClosed)
-	}
-	f.started = true
-	f.mu.Unlock()
-
-	from := orHost(f.From)
-	network := service.NetworkFor("tcp", f.Listen)
-	ln, err := from.Listen(network, f.Listen)
+	ln, err := service.OrHost(f.From).Listen(service.NetworkFor("tcp", f.Listen), f.Listen)
 	if err != nil {
 		return listenError(f.Name, "tcp", f.Listen, err)
 	}
-	f.mu.Lock()
-	if f.closing { // Close ran while we were binding.
-		f.mu.Unlock()
-		ln.Close()
+	if err := f.life.Attach(ctx, ln); err != nil { // Close ran while we were binding.
 		return fmt.Errorf("forward %q: %w", f.Name, ErrClosed)
 	}
-	f.log = logger(f.Logger).With("forward", f.Name, "proto", "tcp")
-	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	f.ln = ln
-	f.mu.Unlock()
-
-	f.wg.Add(1)
-	go f.acceptLoop(ln)
+	f.log = service.LoggerOrDiscard(f.Logger).With("forward", f.Name, "proto", "tcp")
+	maxConns := f.MaxConns
+	if maxConns == 0 {
+		maxConns = DefaultMaxConns
+	}
+	go f.life.Serve(f.log, func(c net.Conn) bool { return f.admit(c, maxConns) }, f.serve)
 	return nil
 }
 
 // Addr returns the address the forward listens on, or nil before Start.
-func (f *TCP) Addr() net.Addr {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.ln == nil {
-		return nil
-	}
-	return f.ln.Addr()
-}
+func (f *TCP) Addr() net.Addr { return f.life.Addr() }
 
 // Stats returns a snapshot of the counters. It is safe to call at any time.
 func (f *TCP) Stats() TCPStats {
@@ -173,118 +141,50 @@ func (f *TCP) Stats() TCPStats {
 		BytesToTarget:   f.bytesToTarget.Load(),
 		BytesFromTarget: f.bytesFromTarget.Load(),
 		IdleClosed:      f.idleClosed.Load(),
-		AcceptErrors:    f.acceptErrs.Count(),
+		AcceptErrors:    f.life.AcceptErrors.Count(),
 	}
 }
 
 // Close stops accepting, closes every active connection and waits for all
 // of the forward's goroutines to return. It is idempotent.
 func (f *TCP) Close() error {
-	err := f.stopAccepting()
-	f.forceClose()
-	f.wg.Wait()
-	return err
+	return closeError(f.Name, f.life.Close())
 }
 
 // Shutdown stops accepting and waits for active connections to finish on
 // their own until ctx is done, then closes them as Close does. It returns
 // ctx's error if connections had to be cut.
 func (f *TCP) Shutdown(ctx context.Context) error {
-	err := f.stopAccepting()
-	cerr := service.Drain(ctx, &f.connWG, func() {
-		f.forceClose()
-		f.wg.Wait()
-	})
-	if cerr != nil {
-		return fmt.Errorf("forward %q: shutdown: %w", f.Name, cerr)
-	}
-	return err
+	return closeError(f.Name, f.life.Shutdown(ctx))
 }
 
-// stopAccepting marks the forward closing and closes the listener.
-func (f *TCP) stopAccepting() error {
-	f.mu.Lock()
-	f.started = true // a never-started forward can no longer start
-	if f.closing {
-		f.mu.Unlock()
-		return nil
+// admit takes c unless maxConns (if positive) connections are active, and
+// counts it either way.
+func (f *TCP) admit(c net.Conn, maxConns int) bool {
+	if maxConns > 0 && f.active.Load() >= int64(maxConns) {
+		f.rejected.Add(1)
+		f.log.Debug("connection limit reached", "client", c.RemoteAddr(), "max", maxConns)
+		c.Close()
+		return false
 	}
-	f.closing = true
-	ln := f.ln
-	f.mu.Unlock()
-	if ln == nil {
-		return nil
-	}
-	if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-		return fmt.Errorf("forward %q: %w", f.Name, err)
-	}
-	return nil
-}
-
-// forceClose cancels dials and closes every tracked connection.
-func (f *TCP) forceClose() {
-	f.mu.Lock()
-	if f.cancel != nil {
-		f.cancel()
-	}
-	f.mu.Unlock()
-	f.conns.CloseAll()
-}
-
-func (f *TCP) acceptLoop(ln net.Listener) {
-	defer f.wg.Done()
-	maxConns := f.MaxConns
-	if maxConns == 0 {
-		maxConns = DefaultMaxConns
-	}
-	var backoff time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			f.mu.Lock()
-			closing := f.closing
-			f.mu.Unlock()
-			if closing || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			backoff = f.acceptErrs.Failed(f.log, err, backoff)
-			select {
-			case <-time.After(backoff):
-			case <-f.ctx.Done():
-				return
-			}
-			continue
-		}
-		backoff = 0
-		if maxConns > 0 && f.active.Load() >= int64(maxConns) {
-			f.rejected.Add(1)
-			f.log.Debug("connection limit reached", "client", c.RemoteAddr(), "max", maxConns)
-			c.Close()
-			continue
-		}
-		f.accepted.Add(1)
-		f.active.Add(1)
-		f.wg.Add(1)
-		f.connWG.Add(1)
-		go f.serve(c)
-	}
+	f.accepted.Add(1)
+	f.active.Add(1)
+	return true
 }
 
 func (f *TCP) serve(c net.Conn) {
-	defer f.wg.Done()
-	defer f.connWG.Done()
 	defer f.active.Add(-1)
-	if !f.conns.Track(c) {
+	if !f.life.Conns.Track(c) {
 		return
 	}
-	defer f.conns.Untrack(c)
+	defer f.life.Conns.Untrack(c)
 
 	timeout := f.DialTimeout
 	if timeout <= 0 {
 		timeout = DefaultDialTimeout
 	}
-	ctx, cancel := context.WithTimeout(f.ctx, timeout)
-	up, err := orHost(f.To).DialContext(ctx, service.NetworkFor("tcp", f.Target), f.Target)
+	ctx, cancel := context.WithTimeout(f.life.Context(), timeout)
+	up, err := service.OrHost(f.To).DialContext(ctx, service.NetworkFor("tcp", f.Target), f.Target)
 	cancel()
 	if err != nil {
 		f.dialFailures.Add(1)
@@ -294,11 +194,11 @@ func (f *TCP) serve(c net.Conn) {
 		c.Close()
 		return
 	}
-	if !f.conns.Track(up) {
+	if !f.life.Conns.Track(up) {
 		c.Close()
 		return
 	}
-	defer f.conns.Untrack(up)
+	defer f.life.Conns.Untrack(up)
 	if f.IdleTimeout > 0 {
 		var last atomic.Int64
 		last.Store(time.Now().UnixNano())
@@ -357,20 +257,6 @@ func (a activityConn) CloseWrite() error {
 	return a.Conn.Close()
 }
 
-func orHost(n service.Network) service.Network {
-	if n == nil {
-		return service.Host{}
-	}
-	return n
-}
-
-func logger(l *slog.Logger) *slog.Logger {
-	if l == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return l
-}
-
 // listenError wraps a Listen error as `forward "name": listen tcp addr: ...`.
 // Host errors are *net.OpError and say "listen tcp4 addr" for the narrowed
 // network; the copy wrapped here says plain proto ("tcp", "udp") as the user
@@ -383,6 +269,26 @@ func listenError(name, proto, addr string, err error) error {
 		return fmt.Errorf("forward %q: %w", name, &cp)
 	}
 	return fmt.Errorf("forward %q: listen %s %s: %w", name, proto, addr, err)
+}
+
+// claim checks ctx and reserves life for the one Start of forward name: a
+// second Start, or one after Close, fails with ErrClosed without binding.
+func claim(ctx context.Context, name string, life *service.Lifecycle) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("forward %q: %w", name, err)
+	}
+	if err := life.Claim(ctx); err != nil {
+		return fmt.Errorf("forward %q: %w", name, ErrClosed)
+	}
+	return nil
+}
+
+// closeError wraps an error of Close or Shutdown with the forward's name.
+func closeError(name string, err error) error {
+	if err != nil {
+		return fmt.Errorf("forward %q: %w", name, err)
+	}
+	return nil
 }
 
 // nextBackoff doubles d from 5 ms up to 1 s, as net/http does for

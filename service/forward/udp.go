@@ -77,18 +77,19 @@ type UDP struct {
 	perSource service.PerAddr                // sessions of each client IP
 	sourceLog service.LogLimiter[netip.Addr] // of refusals by MaxSessionsPerSource
 
-	ctx    context.Context // cancelled by Close; parents every dial
-	cancel context.CancelFunc
-	log    *slog.Logger
-	epoch  time.Time // session activity is measured from here (monotonic)
-	idle   time.Duration
-	wg     sync.WaitGroup // the read loop and every session goroutine
+	// life is claimed by Start; its Context, cancelled by Close, parents
+	// every dial, and it counts the read loop and every session goroutine
+	// (Enter and Leave).
+	life  service.Lifecycle
+	log   *slog.Logger
+	epoch time.Time // session activity is measured from here (monotonic)
+	idle  time.Duration
 
 	mu sync.Mutex
-	// The fields below are guarded by mu.
+	// The fields below are guarded by mu. (No +checklocks: checklocks
+	// matches annotations to fields by position and miscounts after the
+	// multi-name counter fields above.)
 	pc       net.PacketConn
-	started  bool
-	closing  bool
 	sessions map[string]*udpSession // by client address
 }
 
@@ -120,31 +121,21 @@ type UDPStats struct {
 // error is returned at once, wrapped as `forward "name": listen udp
 // 127.0.0.1:5353: ...`. As for TCP.Start, ctx only bounds Start itself.
 func (f *UDP) Start(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("forward %q: %w", f.Name, err)
+	if err := claim(ctx, f.Name, &f.life); err != nil {
+		return err
 	}
-	f.mu.Lock()
-	if f.started {
-		f.mu.Unlock()
-		return fmt.Errorf("forward %q: %w", f.Name, ErrClosed)
-	}
-	f.started = true
-	f.mu.Unlock()
-
-	network := service.NetworkFor("udp", f.Listen)
-	pc, err := orHost(f.From).ListenPacket(network, f.Listen)
+	pc, err := service.OrHost(f.From).ListenPacket(service.NetworkFor("udp", f.Listen), f.Listen)
 	if err != nil {
 		return listenError(f.Name, "udp", f.Listen, err)
 	}
 
 	f.mu.Lock()
-	if f.closing { // Close ran while we were binding.
+	if !f.life.Enter() { // Close ran while we were binding.
 		f.mu.Unlock()
 		pc.Close()
 		return fmt.Errorf("forward %q: %w", f.Name, ErrClosed)
 	}
-	f.log = logger(f.Logger).With("forward", f.Name, "proto", "udp")
-	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	f.log = service.LoggerOrDiscard(f.Logger).With("forward", f.Name, "proto", "udp")
 	f.epoch = time.Now()
 	f.idle = f.IdleTimeout
 	if f.idle <= 0 {
@@ -154,7 +145,6 @@ func (f *UDP) Start(ctx context.Context) error {
 	f.sessions = make(map[string]*udpSession)
 	f.mu.Unlock()
 
-	f.wg.Add(1)
 	go f.readLoop(pc)
 	return nil
 }
@@ -189,17 +179,9 @@ func (f *UDP) Stats() UDPStats {
 // Close closes the listening socket and every session, and waits for all
 // of the forward's goroutines to return. It is idempotent.
 func (f *UDP) Close() error {
+	f.life.StopAccepting() // no listener: only marks the forward closing
+	f.life.ForceClose()    // cancels dials; no session can start after it
 	f.mu.Lock()
-	f.started = true // a never-started forward can no longer start
-	if f.closing {
-		f.mu.Unlock()
-		f.wg.Wait()
-		return nil
-	}
-	f.closing = true
-	if f.cancel != nil {
-		f.cancel()
-	}
 	pc := f.pc
 	sessions := make([]*udpSession, 0, len(f.sessions))
 	for _, s := range f.sessions {
@@ -216,7 +198,7 @@ func (f *UDP) Close() error {
 	for _, s := range sessions {
 		s.conn.Close()
 	}
-	f.wg.Wait()
+	f.life.Wait()
 	return err
 }
 
@@ -225,23 +207,20 @@ func (f *UDP) Close() error {
 func (f *UDP) Shutdown(context.Context) error { return f.Close() }
 
 func (f *UDP) readLoop(pc net.PacketConn) {
-	defer f.wg.Done()
+	defer f.life.Leave()
 	buf := make([]byte, MaxDatagram)
 	var backoff time.Duration
 	for {
 		n, addr, err := pc.ReadFrom(buf)
 		if err != nil {
-			f.mu.Lock()
-			closing := f.closing
-			f.mu.Unlock()
-			if closing || errors.Is(err, net.ErrClosed) {
+			if f.life.Closing() || errors.Is(err, net.ErrClosed) {
 				return
 			}
 			backoff = nextBackoff(backoff)
 			f.log.Warn("read failed", "err", err, "retry_in", backoff)
 			select {
 			case <-time.After(backoff):
-			case <-f.ctx.Done():
+			case <-f.life.Context().Done():
 				return
 			}
 			continue
@@ -293,8 +272,8 @@ func (f *UDP) session(pc net.PacketConn, client net.Addr) *udpSession {
 	if timeout <= 0 {
 		timeout = DefaultDialTimeout
 	}
-	ctx, cancel := context.WithTimeout(f.ctx, timeout)
-	conn, err := orHost(f.To).DialContext(ctx, service.NetworkFor("udp", f.Target), f.Target)
+	ctx, cancel := context.WithTimeout(f.life.Context(), timeout)
+	conn, err := service.OrHost(f.To).DialContext(ctx, service.NetworkFor("udp", f.Target), f.Target)
 	cancel()
 	if err != nil {
 		f.releaseSource(ip)
@@ -310,14 +289,13 @@ func (f *UDP) session(pc net.PacketConn, client net.Addr) *udpSession {
 	// Only the read loop adds sessions, so nobody raced us to key; but
 	// Close may have run during the dial.
 	f.mu.Lock()
-	if f.closing {
+	if !f.life.Enter() {
 		f.mu.Unlock()
 		conn.Close()
 		f.releaseSource(ip)
 		return nil
 	}
 	f.sessions[key] = s
-	f.wg.Add(1)
 	f.mu.Unlock()
 	f.created.Add(1)
 	f.active.Add(1)
@@ -328,7 +306,7 @@ func (f *UDP) session(pc net.PacketConn, client net.Addr) *udpSession {
 // sessionLoop relays Target's replies to the client until the session has
 // been idle for f.idle or its conn is closed.
 func (f *UDP) sessionLoop(pc net.PacketConn, s *udpSession) {
-	defer f.wg.Done()
+	defer f.life.Leave()
 	defer f.remove(s)
 	buf := make([]byte, MaxDatagram)
 	s.conn.SetReadDeadline(time.Now().Add(f.idle))

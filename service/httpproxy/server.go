@@ -144,27 +144,20 @@ type Server struct {
 	// refusals by MaxConnsPerClient, rate limited. Nil discards them.
 	Logger *slog.Logger
 
-	stats      counters
-	acceptErrs service.AcceptErrors
-	perClient  service.PerAddr
+	stats     counters
+	perClient service.PerAddr
 	// Rate limits of the Warn lines about clients.
 	limitLog, authLog service.LogLimiter[netip.Addr]
 
 	initOnce  sync.Once
-	ctx       context.Context // cancelled by a forced close; parents every dial
-	cancel    context.CancelFunc
 	log       *slog.Logger
 	srv       *http.Server
 	transport *http.Transport
-	wg        sync.WaitGroup  // Serve's goroutine and every CONNECT relay
-	tunnelWG  sync.WaitGroup  // CONNECT relays only, for Shutdown
-	conns     service.ConnSet // hijacked client conns and their targets
-
-	mu sync.Mutex
-	// The fields below are guarded by mu.
-	ln      net.Listener
-	closing bool // no more accepts: Close or Shutdown began
-	stopped bool // no more handlers: forceClose began
+	// life holds the listener, the hijacked client conns and their
+	// targets (Conns), and counts srv's Serve and every handler (Enter);
+	// its Context parents every dial.
+	life     service.Lifecycle
+	tunnelWG sync.WaitGroup // CONNECT relays only, for Shutdown
 }
 
 type counters struct {
@@ -199,7 +192,7 @@ func (s *Server) Stats() Stats {
 		Active:            c.active.Load(),
 		Rejected:          c.rejected.Load(),
 		RejectedPerClient: c.rejectedPerClient.Load(),
-		AcceptErrors:      s.acceptErrs.Count(),
+		AcceptErrors:      s.life.AcceptErrors.Count(),
 		AuthFailures:      c.authFailures.Load(),
 		BadRequests:       c.badRequests.Load(),
 		Requests:          c.requests.Load(),
@@ -213,12 +206,7 @@ func (s *Server) Stats() Stats {
 
 func (s *Server) init() {
 	s.initOnce.Do(func() {
-		s.ctx, s.cancel = context.WithCancel(context.Background())
-		s.log = s.Logger
-		if s.log == nil {
-			s.log = slog.New(slog.DiscardHandler)
-		}
-		s.log = s.log.With("service", "http_proxy")
+		s.log = service.LoggerOrDiscard(s.Logger).With("service", "http_proxy")
 		s.transport = &http.Transport{
 			Proxy:                 nil, // never a proxy behind the proxy
 			DialContext:           s.dialTarget,
@@ -241,7 +229,7 @@ func (s *Server) init() {
 			// connection; keep them at Debug.
 			ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 			BaseContext: func(net.Listener) context.Context {
-				return s.ctx
+				return s.life.Context()
 			},
 		}
 	})
@@ -283,7 +271,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("httpproxy: %w", err)
 	}
-	ln, err := service.ListenTCP(orHost(s.ClientNetwork), s.Listen, "httpproxy")
+	ln, err := service.ListenTCP(service.OrHost(s.ClientNetwork), s.Listen, "httpproxy")
 	if err != nil {
 		return err
 	}
@@ -310,31 +298,20 @@ func (s *Server) Serve(ln net.Listener) error {
 
 func (s *Server) setListener(ln net.Listener) error {
 	s.init()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		ln.Close()
+	switch err := s.life.Attach(context.Background(), ln); {
+	case errors.Is(err, service.ErrClosed):
 		return ErrServerClosed
+	case err != nil:
+		return fmt.Errorf("httpproxy: %w", err)
 	}
-	if s.ln != nil {
-		ln.Close()
-		return errors.New("httpproxy: server already serving")
-	}
-	s.ln = ln
-	s.wg.Add(1)
 	return nil
 }
 
+// serve runs srv on ln, which setListener attached.
 func (s *Server) serve(ln net.Listener) error {
-	defer s.wg.Done()
-	err := s.srv.Serve(&limitListener{Listener: service.RetryListener(ln, &s.acceptErrs, s.log), s: s})
-	if errors.Is(err, http.ErrServerClosed) {
-		return ErrServerClosed
-	}
-	s.mu.Lock()
-	closing := s.closing
-	s.mu.Unlock()
-	if closing {
+	defer s.life.Leave()
+	err := s.srv.Serve(&limitListener{Listener: service.RetryListener(ln, &s.life.AcceptErrors, s.log), s: s})
+	if errors.Is(err, http.ErrServerClosed) || s.life.Closing() {
 		return ErrServerClosed
 	}
 	return fmt.Errorf("httpproxy: %w", err)
@@ -342,22 +319,16 @@ func (s *Server) serve(ln net.Listener) error {
 
 // Addr returns the address the server listens on, or nil before Start or
 // Serve.
-func (s *Server) Addr() net.Addr {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ln == nil {
-		return nil
-	}
-	return s.ln.Addr()
-}
+func (s *Server) Addr() net.Addr { return s.life.Addr() }
 
 // Close stops accepting, closes every client connection and CONNECT
 // tunnel, and waits for the server's goroutines. It is idempotent.
 func (s *Server) Close() error {
-	s.stopAccepting()
+	s.init()
+	s.life.StopAccepting() // srv.Close closes the listener again and says how that went
 	err := s.srv.Close()
 	s.forceClose()
-	s.wg.Wait()
+	s.life.Wait()
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("httpproxy: %w", err)
 	}
@@ -368,12 +339,13 @@ func (s *Server) Close() error {
 // flight and CONNECT tunnels to finish on their own, then closes them as
 // Close does. It returns ctx's error if clients had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.stopAccepting()
+	s.init()
+	s.life.StopAccepting() // as in Close
 	herr := s.srv.Shutdown(ctx)
 	cerr := service.Drain(ctx, &s.tunnelWG, func() {
 		s.srv.Close()
 		s.forceClose()
-		s.wg.Wait()
+		s.life.Wait()
 	})
 	if cerr != nil {
 		return fmt.Errorf("httpproxy: shutdown: %w", cerr)
@@ -384,27 +356,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-func (s *Server) stopAccepting() {
-	s.init()
-	s.mu.Lock()
-	s.closing = true
-	s.mu.Unlock()
-}
-
+// forceClose cancels dials, makes new handlers return at once, and closes
+// every hijacked connection and its target.
 func (s *Server) forceClose() {
-	s.mu.Lock()
-	s.stopped = true
-	s.mu.Unlock()
-	s.cancel()
-	s.conns.CloseAll()
+	s.life.ForceClose()
 	s.transport.CloseIdleConnections()
-}
-
-func orHost(n service.Network) service.Network {
-	if n == nil {
-		return service.Host{}
-	}
-	return n
 }
 
 // limitListener admits connections within MaxConns and MaxConnsPerClient,
@@ -486,16 +442,12 @@ func clientIP(c net.Conn) (netip.Addr, bool) {
 // ServeHTTP implements http.Handler: it authenticates and dispatches one
 // proxy request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	// Count the handler in wg, unless a forced close has begun (Close
-	// waits on wg, and http.Server does not wait for its handlers).
-	s.mu.Lock()
-	if s.stopped {
-		s.mu.Unlock()
+	// Count the handler in what Close waits for, unless a forced close
+	// has begun (http.Server does not wait for its handlers).
+	if !s.life.Enter() {
 		return
 	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer s.wg.Done()
+	defer s.life.Leave()
 	log := s.log.With("client", r.RemoteAddr, "method", r.Method, "target", r.Host)
 	if !s.authorized(r) {
 		s.stats.authFailures.Add(1)
@@ -589,7 +541,7 @@ func targetAddr(authority string) (string, error) {
 func (s *Server) dialTarget(ctx context.Context, _, address string) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, orDefault(s.DialTimeout, DefaultDialTimeout))
 	defer cancel()
-	c, err := orHost(s.Network).DialContext(ctx, service.NetworkFor("tcp", address), address)
+	c, err := service.OrHost(s.Network).DialContext(ctx, service.NetworkFor("tcp", address), address)
 	if err != nil {
 		return nil, &dialError{addr: address, err: err}
 	}
@@ -646,7 +598,7 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, log *slog.Logge
 	// Not r.Context(): net/http cancels that when the client half-closes,
 	// and a client may send its data and shut down writing before the
 	// tunnel is up (printf ... | nc). DialTimeout bounds the dial.
-	up, err := s.dialTarget(s.ctx, "tcp", addr)
+	up, err := s.dialTarget(s.life.Context(), "tcp", addr)
 	if err != nil {
 		s.stats.dialFailures.Add(1)
 		s.gatewayError(w, err, log)
@@ -673,16 +625,16 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, log *slog.Logge
 	if n := brw.Reader.Buffered(); n > 0 {
 		client = &prefixConn{Conn: c, r: io.MultiReader(io.LimitReader(brw.Reader, int64(n)), c)}
 	}
-	if !s.conns.Track(c) {
+	if !s.life.Conns.Track(c) {
 		up.Close()
 		return
 	}
-	defer s.conns.Untrack(c)
-	if !s.conns.Track(up) {
+	defer s.life.Conns.Untrack(c)
+	if !s.life.Conns.Track(up) {
 		c.Close()
 		return
 	}
-	defer s.conns.Untrack(up)
+	defer s.life.Conns.Untrack(up)
 	if err := service.RelayCount(client, up, &s.stats.bytesToTarget, &s.stats.bytesFromTarget); err != nil {
 		log.Debug("relay ended", "err", err)
 	}

@@ -143,8 +143,7 @@ type Server struct {
 	// discards them.
 	Logger *slog.Logger
 
-	stats      counters
-	acceptErrs service.AcceptErrors
+	stats counters
 
 	perClient service.PerAddr // connections held by each client IP
 	// Rate limits of the Warn lines about clients.
@@ -152,19 +151,12 @@ type Server struct {
 	connectWarn                service.WarnLimiter // of failed CONNECTs
 	throttle                   *authThrottle       // nil if off; set by init
 
-	// initOnce sets up ctx, cancel, log and conns, on first use.
+	// initOnce sets up log and throttle, on first use.
 	initOnce sync.Once
-	ctx      context.Context // cancelled by a forced close; parents every dial
-	cancel   context.CancelFunc
 	log      *slog.Logger
-	wg       sync.WaitGroup  // Serve's accept loop and every client goroutine
-	connWG   sync.WaitGroup  // client goroutines only, for Shutdown
-	conns    service.ConnSet // closed by forceClose
-
-	mu sync.Mutex
-	// The fields below are guarded by mu.
-	ln      net.Listener
-	closing bool
+	// life holds the listener, the client connections and the
+	// goroutines; its Context parents every dial.
+	life service.Lifecycle
 }
 
 type counters struct {
@@ -212,7 +204,7 @@ func (s *Server) Stats() Stats {
 		RejectedPerClient:    c.rejectedPerClient.Load(),
 		AuthThrottled:        c.authThrottled.Load(),
 		UDPForeign:           c.udpForeign.Load(),
-		AcceptErrors:         s.acceptErrs.Count(),
+		AcceptErrors:         s.life.AcceptErrors.Count(),
 		HandshakeErrors:      c.handshakeErrors.Load(),
 		AuthFailures:         c.authFailures.Load(),
 		Connects:             c.connects.Load(),
@@ -231,12 +223,7 @@ func (s *Server) Stats() Stats {
 
 func (s *Server) init() {
 	s.initOnce.Do(func() {
-		s.ctx, s.cancel = context.WithCancel(context.Background())
-		s.log = s.Logger
-		if s.log == nil {
-			s.log = slog.New(slog.DiscardHandler)
-		}
-		s.log = s.log.With("service", "socks5")
+		s.log = service.LoggerOrDiscard(s.Logger).With("service", "socks5")
 		if n := s.maxAuthFailures(); n > 0 && (s.Username != "" || s.Password != "") {
 			s.throttle = newAuthThrottle(n, s.authBackoff())
 		}
@@ -251,7 +238,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("socks5: %w", err)
 	}
-	ln, err := service.ListenTCP(orHost(s.ClientNetwork), s.Listen, "socks5")
+	ln, err := service.ListenTCP(service.OrHost(s.ClientNetwork), s.Listen, "socks5")
 	if err != nil {
 		return err
 	}
@@ -259,7 +246,7 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	go func() {
-		if err := s.serve(ln); !errors.Is(err, ErrServerClosed) {
+		if err := s.serve(); !errors.Is(err, ErrServerClosed) {
 			s.log.Error("serving stopped", "err", err)
 		}
 	}()
@@ -274,131 +261,72 @@ func (s *Server) Serve(ln net.Listener) error {
 	if err := s.setListener(ln); err != nil {
 		return err
 	}
-	return s.serve(ln)
+	return s.serve()
 }
 
 func (s *Server) setListener(ln net.Listener) error {
 	s.init()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		ln.Close()
+	switch err := s.life.Attach(context.Background(), ln); {
+	case errors.Is(err, service.ErrClosed):
 		return ErrServerClosed
+	case err != nil:
+		return fmt.Errorf("socks5: %w", err)
 	}
-	if s.ln != nil {
-		ln.Close()
-		return errors.New("socks5: server already serving")
-	}
-	s.ln = ln
-	s.wg.Add(1)
 	return nil
 }
 
 // Addr returns the address the server listens on, or nil before Start or
 // Serve.
-func (s *Server) Addr() net.Addr {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ln == nil {
-		return nil
-	}
-	return s.ln.Addr()
-}
+func (s *Server) Addr() net.Addr { return s.life.Addr() }
 
 // Close stops accepting, closes every client connection and UDP
 // association, and waits for all of the server's goroutines. It is
 // idempotent.
 func (s *Server) Close() error {
-	err := s.stopAccepting()
-	s.forceClose()
-	s.wg.Wait()
-	return err
+	if err := s.life.Close(); err != nil {
+		return fmt.Errorf("socks5: %w", err)
+	}
+	return nil
 }
 
 // Shutdown stops accepting and waits for clients to finish on their own
 // until ctx is done, then closes them as Close does. It returns ctx's error
 // if clients had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.stopAccepting()
-	cerr := service.Drain(ctx, &s.connWG, func() {
-		s.forceClose()
-		s.wg.Wait()
-	})
-	if cerr != nil {
-		return fmt.Errorf("socks5: shutdown: %w", cerr)
-	}
-	return err
-}
-
-func (s *Server) stopAccepting() error {
-	s.init()
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return nil
-	}
-	s.closing = true
-	ln := s.ln
-	s.mu.Unlock()
-	if ln == nil {
-		return nil
-	}
-	if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+	if err := s.life.Shutdown(ctx); err != nil {
 		return fmt.Errorf("socks5: %w", err)
 	}
 	return nil
 }
 
-func (s *Server) forceClose() {
-	s.mu.Lock()
-	s.cancel()
-	s.mu.Unlock()
-	s.conns.CloseAll()
-}
-
-func (s *Server) serve(ln net.Listener) error {
-	defer s.wg.Done()
+// serve runs the accept loop on the listener setListener attached.
+func (s *Server) serve() error {
 	maxConns := s.MaxConns
 	if maxConns == 0 {
 		maxConns = DefaultMaxConns
 	}
-	var backoff time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closing := s.closing
-			s.mu.Unlock()
-			if closing {
-				return ErrServerClosed
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return err
-			}
-			backoff = s.acceptErrs.Failed(s.log, err, backoff)
-			select {
-			case <-time.After(backoff):
-			case <-s.ctx.Done():
-				return ErrServerClosed
-			}
-			continue
-		}
-		backoff = 0
-		if maxConns > 0 && s.stats.active.Load() >= int64(maxConns) {
-			s.stats.rejected.Add(1)
-			s.log.Debug("connection limit reached", "client", c.RemoteAddr(), "max", maxConns)
-			c.Close()
-			continue
-		}
-		if !s.admitClient(c, maxConns) {
-			continue
-		}
-		s.stats.accepted.Add(1)
-		s.stats.active.Add(1)
-		s.wg.Add(1)
-		s.connWG.Add(1)
-		go s.handle(c)
+	err := s.life.Serve(s.log, func(c net.Conn) bool { return s.admit(c, maxConns) }, s.handle)
+	if err == nil {
+		return ErrServerClosed
 	}
+	return err
+}
+
+// admit takes c unless maxConns (if positive) connections are active or
+// its client is over MaxConnsPerClient, and counts it either way.
+func (s *Server) admit(c net.Conn, maxConns int) bool {
+	if maxConns > 0 && s.stats.active.Load() >= int64(maxConns) {
+		s.stats.rejected.Add(1)
+		s.log.Debug("connection limit reached", "client", c.RemoteAddr(), "max", maxConns)
+		c.Close()
+		return false
+	}
+	if !s.admitClient(c, maxConns) {
+		return false
+	}
+	s.stats.accepted.Add(1)
+	s.stats.active.Add(1)
+	return true
 }
 
 // admitClient takes a slot of MaxConnsPerClient for c, which handle gives
@@ -461,16 +389,14 @@ func (s *Server) dialTimeout() time.Duration {
 // handle serves one client connection from greeting to the end of its
 // relay or association.
 func (s *Server) handle(c net.Conn) {
-	defer s.wg.Done()
-	defer s.connWG.Done()
 	defer s.stats.active.Add(-1)
 	if ip, ok := clientIP(c); ok {
 		defer s.perClient.Release(ip)
 	}
-	if !s.conns.Track(c) {
+	if !s.life.Conns.Track(c) {
 		return
 	}
-	defer s.conns.Untrack(c)
+	defer s.life.Conns.Untrack(c)
 	defer c.Close()
 
 	log := s.log.With("client", c.RemoteAddr())
@@ -673,7 +599,7 @@ func readMsg(c net.Conn, buf []byte, need func([]byte) int) ([]byte, error) {
 
 // connect serves CONNECT: dial, reply, relay.
 func (s *Server) connect(c net.Conn, dst Addr, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.dialTimeout())
+	ctx, cancel := context.WithTimeout(s.life.Context(), s.dialTimeout())
 	up, err := s.dial(ctx, dst)
 	cancel()
 	if err != nil {
@@ -685,10 +611,10 @@ func (s *Server) connect(c net.Conn, dst Addr, log *slog.Logger) {
 		s.lingerClose(c)
 		return
 	}
-	if !s.conns.Track(up) {
+	if !s.life.Conns.Track(up) {
 		return
 	}
-	defer s.conns.Untrack(up)
+	defer s.life.Conns.Untrack(up)
 	if err := s.reply(c, ReplySucceeded, AddrFromNetAddr(up.LocalAddr())); err != nil {
 		up.Close()
 		log.Debug("writing reply", "err", err)
@@ -710,7 +636,7 @@ func (s *Server) dial(ctx context.Context, dst Addr) (net.Conn, error) {
 	var first error
 	for _, ip := range ips {
 		ap := netip.AddrPortFrom(ip, dst.Port).String()
-		c, err := orHost(s.Network).DialContext(ctx, service.NetworkFor("tcp", ap), ap)
+		c, err := service.OrHost(s.Network).DialContext(ctx, service.NetworkFor("tcp", ap), ap)
 		if err == nil {
 			return c, nil
 		}
@@ -796,11 +722,4 @@ func replyFor(err error) Reply {
 		return ReplyHostUnreachable
 	}
 	return ReplyGeneralFailure
-}
-
-func orHost(n service.Network) service.Network {
-	if n == nil {
-		return service.Host{}
-	}
-	return n
 }

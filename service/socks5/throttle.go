@@ -39,8 +39,9 @@ type authThrottle struct {
 	backoff time.Duration
 
 	mu sync.Mutex
-	// The fields below are guarded by mu.
-	clients   map[netip.Prefix]*throttleEntry
+	// +checklocks:mu
+	clients map[netip.Prefix]*throttleEntry
+	// +checklocks:mu
 	lastSweep time.Time
 }
 
@@ -127,7 +128,10 @@ func (t *authThrottle) succeed(ip netip.Addr) {
 
 // makeRoom keeps the table under maxThrottled entries: it drops expired
 // entries, at most once per refill so that churn does not make every
-// failure a full scan, and otherwise one arbitrary entry.
+// failure a full scan, and otherwise one arbitrary entry. t.mu must be
+// held.
+//
+// +checklocks:t.mu
 func (t *authThrottle) makeRoom(now time.Time) {
 	if len(t.clients) < maxThrottled {
 		return

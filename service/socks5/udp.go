@@ -67,7 +67,7 @@ func (s *Server) associate(c net.Conn, dst Addr, log *slog.Logger) {
 		return
 	}
 	bind := netip.AddrPortFrom(local.Addr(), 0).String()
-	relay, err := orHost(s.ClientNetwork).ListenPacket(service.NetworkFor("udp", bind), bind)
+	relay, err := service.OrHost(s.ClientNetwork).ListenPacket(service.NetworkFor("udp", bind), bind)
 	if err != nil {
 		log.Debug("udp associate: binding the relay socket", "err", err)
 		s.reply(c, ReplyGeneralFailure, Addr{})
@@ -77,7 +77,7 @@ func (s *Server) associate(c net.Conn, dst Addr, log *slog.Logger) {
 	if ip, ok := dst.literalIP(); ok && !ip.IsUnspecified() {
 		a.clientIP = ip
 	}
-	a.ctx, a.cancel = context.WithCancel(s.ctx)
+	a.ctx, a.cancel = context.WithCancel(s.life.Context())
 	if err := s.reply(c, ReplySucceeded, AddrFromNetAddr(relay.LocalAddr())); err != nil {
 		a.close()
 		return
@@ -213,7 +213,7 @@ func (a *association) outFor(ip netip.Addr) (net.PacketConn, error) {
 		out, network, wildcard = &a.out6, "udp6", "[::]:0"
 	}
 	if *out == nil {
-		pc, err := orHost(a.s.Network).ListenPacket(network, wildcard)
+		pc, err := service.OrHost(a.s.Network).ListenPacket(network, wildcard)
 		if err != nil {
 			return nil, err
 		}
