@@ -302,10 +302,8 @@ type Stack struct {
 
 	// routeMu guards the route table (route.go). It is not held with mu.
 	routeMu sync.Mutex
-	// routes is every route of the stack, in the order added.
-	routes []route
-	// installed is what syncRoutesLocked last gave gVisor.
-	installed []tcpip.Route
+	// routes is every route of the stack, by prefix (route.go).
+	routes routeTable
 }
 
 type tunnel struct {
