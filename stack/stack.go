@@ -61,7 +61,6 @@ import (
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/link/qdisc/fifo"
 	"gvisor.dev/gvisor/pkg/tcpip/link/sniffer"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
@@ -539,8 +538,9 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) error {
 	link = s.wrapForwarding(link) // forward.go
 	// One FIFO queue per NIC batches packets from many writers into one
 	// WritePackets call; when it is full, packets are dropped (counted in
-	// TunnelStats.QueueDrops) and TCP retransmits, as on a real NIC.
-	q := fifo.New(link, 1, nicQueueLen)
+	// TunnelStats.QueueDrops) and TCP retransmits, as on a real NIC. It
+	// runs a goroutine only while it holds packets (queue.go).
+	q := newLazyQueue(link, nicQueueLen)
 	if terr := s.gv.CreateNICWithOptions(nic, link, gvstack.NICOptions{Name: t.Name, QDisc: q}); terr != nil {
 		ep.Close()
 		return fmt.Errorf("stack: tunnel %q: create NIC: %s", t.Name, terr)
