@@ -17,7 +17,9 @@ import (
 // the same prefix, the lowest Metric wins, and among equal metrics the
 // route added first. Routes the stack makes itself (a tunnel's on-link
 // prefixes, Tunnel.Routes, Tunnel.DefaultRoute, AddLink's prefixes) have
-// metric 0.
+// metric 0. Only the best route of a prefix is used: if its tunnel cannot
+// carry a packet (it has no address of the packet's family), the route of
+// a shorter prefix is tried next, not the same prefix's next best.
 type Route struct {
 	// Prefix is the destination prefix, with no host bits set
 	// (10.1.0.0/16, not 10.1.2.3/16); 0.0.0.0/0 and ::/0 are default
