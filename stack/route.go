@@ -62,10 +62,10 @@ type route struct {
 // minutes for 10,000 routes added one by one. The stack instead installs
 // one gVisor route per prefix, through the prefix's best route (lowest
 // metric, then first added), and changes only that prefix's gVisor route
-// when its best route changes: one gVisor insertion or removal, a scan of
-// gVisor's list and no allocation beyond the new entry. Routes of the
-// same length but different prefixes never overlap, so their order in
-// gVisor's list does not matter.
+// when its best route changes: one gVisor insertion or removal, a scan
+// of gVisor's list, and allocations that do not grow with the table.
+// Routes of the same length but different prefixes never overlap, so
+// their order in gVisor's list does not matter.
 //
 // gVisor still finds a route by scanning its list, so a lookup costs in
 // proportion to the number of distinct prefixes in front of the match
