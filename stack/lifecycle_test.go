@@ -511,3 +511,37 @@ func TestQueueDropsCounted(t *testing.T) {
 		t.Errorf("QueueDrops = %d of %d datagrams written, want at least %d", st.QueueDrops, written.Load(), min)
 	}
 }
+
+// TestIdleTunnelGoroutines brings up 50 idle tunnels and checks that
+// each starts at most one goroutine (its endpoint's receive loop, until
+// tunnels share sockets): the queue in front of a NIC runs a goroutine
+// only while it holds packets, also after traffic has passed.
+func TestIdleTunnelGoroutines(t *testing.T) {
+	const n = 50
+	var tuns []stack.Tunnel
+	for i := range n {
+		a, _ := pipeTunnels(fmt.Sprintf("t%d", i), netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, byte(i), 1}), 24),
+			"peer", netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, byte(i), 2}), 24))
+		tuns = append(tuns, a)
+	}
+	g0 := runtime.NumGoroutine()
+	s := newStack(t, stack.Config{Tunnels: tuns})
+	check := func(when string) {
+		t.Helper()
+		// Goroutines that just finished their work may take a moment to
+		// return.
+		got := 0
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if got = runtime.NumGoroutine() - g0; got <= n+4 {
+				return
+			}
+		}
+		t.Errorf("%s: %d idle tunnels run %d goroutines, want at most %d", when, n, got, n+4)
+	}
+	check("after New")
+	for i := range n {
+		sendUDP(t, s, netip.AddrFrom4([4]byte{10, 77, byte(i), 2}))
+	}
+	quiesce(t, s)
+	check("after traffic")
+}

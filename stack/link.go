@@ -74,10 +74,8 @@ func (s *Stack) RemoveLink(name string) error {
 func (s *Stack) removeRoutesOf(nic tcpip.NICID) {
 	s.routeMu.Lock()
 	defer s.routeMu.Unlock()
-	n := len(s.routes)
-	s.routes = slices.DeleteFunc(s.routes, func(r route) bool { return r.nic == nic })
-	if len(s.routes) != n {
-		s.syncRoutesLocked()
+	for p := range s.routes.byPrefix {
+		s.deleteRoutesLocked(p, func(r route) bool { return r.nic == nic })
 	}
 }
 

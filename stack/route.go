@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -16,7 +17,9 @@ import (
 // the same prefix, the lowest Metric wins, and among equal metrics the
 // route added first. Routes the stack makes itself (a tunnel's on-link
 // prefixes, Tunnel.Routes, Tunnel.DefaultRoute, AddLink's prefixes) have
-// metric 0.
+// metric 0. Only the best route of a prefix is used: if its tunnel cannot
+// carry a packet (it has no address of the packet's family), the route of
+// a shorter prefix is tried next, not the same prefix's next best.
 type Route struct {
 	// Prefix is the destination prefix, with no host bits set
 	// (10.1.0.0/16, not 10.1.2.3/16); 0.0.0.0/0 and ::/0 are default
@@ -46,6 +49,121 @@ var (
 type route struct {
 	Route
 	nic tcpip.NICID
+	seq uint64 // when it was added: the tie-break among equal metrics
+}
+
+// routeTable is the stack's route table, kept by prefix so that a change
+// costs the same whatever the table's size.
+//
+// gVisor matches its own table (a list ordered by prefix length, longest
+// first) front to back on every lookup, and inserts a route with a scan
+// past all routes of the same or a longer prefix. Handing it the whole
+// sorted table on each change (SetRouteTable) cost O(n²) per change, and
+// minutes for 10,000 routes added one by one. The stack instead installs
+// one gVisor route per prefix, through the prefix's best route (lowest
+// metric, then first added), and changes only that prefix's gVisor route
+// when its best route changes: one gVisor insertion or removal, a scan
+// of gVisor's list, and allocations that do not grow with the table.
+// Routes of the same length but different prefixes never overlap, so
+// their order in gVisor's list does not matter.
+//
+// gVisor still finds a route by scanning its list, so a lookup costs in
+// proportion to the number of distinct prefixes in front of the match
+// (bench/RESULTS.md, "Routes at scale and idle tunnels").
+type routeTable struct {
+	// byPrefix holds the routes of each prefix, best first: lowest
+	// metric, then lowest seq. No slice is empty.
+	byPrefix map[netip.Prefix][]route
+	n        int
+	seq      uint64
+}
+
+// insertLocked adds r through nic to the table and gVisor's. It reports
+// false, changing nothing, if the table has r already.
+//
+// +checklocks:s.routeMu
+func (s *Stack) insertRouteLocked(r Route, nic tcpip.NICID) bool {
+	t := &s.routes
+	g := t.byPrefix[r.Prefix]
+	if slices.ContainsFunc(g, func(e route) bool { return e.Route == r }) {
+		return false
+	}
+	if t.byPrefix == nil {
+		t.byPrefix = map[netip.Prefix][]route{}
+	}
+	t.seq++
+	// After every route of a lower or equal metric: those were added
+	// earlier.
+	i := len(g)
+	for i > 0 && g[i-1].Metric > r.Metric {
+		i--
+	}
+	before := bestNIC(g)
+	g = slices.Insert(g, i, route{Route: r, nic: nic, seq: t.seq})
+	t.byPrefix[r.Prefix] = g
+	t.n++
+	s.installLocked(r.Prefix, before, bestNIC(g))
+	return true
+}
+
+// deleteRoutesLocked removes the routes of prefix p for which drop
+// reports true, and returns how many it removed.
+//
+// +checklocks:s.routeMu
+func (s *Stack) deleteRoutesLocked(p netip.Prefix, drop func(route) bool) int {
+	t := &s.routes
+	g := t.byPrefix[p]
+	before := bestNIC(g)
+	n := len(g)
+	g = slices.DeleteFunc(g, drop)
+	if len(g) == n {
+		return 0
+	}
+	if len(g) == 0 {
+		delete(t.byPrefix, p)
+	} else {
+		t.byPrefix[p] = g
+	}
+	t.n -= n - len(g)
+	s.installLocked(p, before, bestNIC(g))
+	return n - len(g)
+}
+
+// bestNIC is the NIC of the first route of g, the prefix's best, or 0
+// if g is empty (gVisor numbers NICs from 1).
+func bestNIC(g []route) tcpip.NICID {
+	if len(g) == 0 {
+		return 0
+	}
+	return g[0].nic
+}
+
+// installLocked moves gVisor's route for p from NIC from to NIC to (0:
+// no route). The new route goes in first: gVisor puts it after the old
+// one, of the same prefix, so lookups take the old route until it goes,
+// then the new one, never neither.
+//
+// +checklocks:s.routeMu
+func (s *Stack) installLocked(p netip.Prefix, from, to tcpip.NICID) {
+	if from == to {
+		return
+	}
+	dst := subnet(p)
+	if to != 0 {
+		s.gv.AddRoute(tcpip.Route{Destination: dst, NIC: to})
+	}
+	if from != 0 {
+		old := tcpip.Route{Destination: dst, NIC: from}
+		done := false
+		s.gv.RemoveRoutes(func(r tcpip.Route) bool {
+			r.RouteEntry = tcpip.RouteEntry{} // the list's links
+			if done || r != old {
+				return false
+			}
+			done = true // only ours: an identical foreign route stays
+			return true
+		})
+	}
 }
 
 // AddRoute adds r to the route table. It fails if r's prefix is invalid or
@@ -53,7 +171,8 @@ type route struct {
 // table has r already. Safe while traffic flows: packets are routed by the
 // table before or after the change, never by a partial one. Connected
 // endpoints (TCP connections, dialled UDP sockets) keep the route they
-// found when they connected.
+// found when they connected. Its cost does not grow with the table's size
+// beyond one scan of gVisor's route list.
 func (s *Stack) AddRoute(r Route) error {
 	if err := checkPrefix(r.Prefix); err != nil {
 		return fmt.Errorf("stack: add route %v: %w", r, err)
@@ -64,11 +183,9 @@ func (s *Stack) AddRoute(r Route) error {
 	}
 	s.routeMu.Lock()
 	defer s.routeMu.Unlock()
-	if slices.ContainsFunc(s.routes, func(e route) bool { return e.Route == r }) {
+	if !s.insertRouteLocked(r, nic) {
 		return fmt.Errorf("stack: add route %v: %w", r, ErrRouteExists)
 	}
-	s.routes = append(s.routes, route{Route: r, nic: nic})
-	s.syncRoutesLocked()
 	return nil
 }
 
@@ -84,12 +201,9 @@ func (s *Stack) RemoveRoute(r Route) error {
 	}
 	s.routeMu.Lock()
 	defer s.routeMu.Unlock()
-	i := slices.IndexFunc(s.routes, func(e route) bool { return e.Route == r })
-	if i < 0 {
+	if s.deleteRoutesLocked(r.Prefix, func(e route) bool { return e.Route == r }) == 0 {
 		return fmt.Errorf("stack: remove route %v: %w", r, ErrRouteNotFound)
 	}
-	s.routes = slices.Delete(s.routes, i, i+1)
-	s.syncRoutesLocked()
 	return nil
 }
 
@@ -99,9 +213,22 @@ func (s *Stack) RemoveRoute(r Route) error {
 func (s *Stack) Routes() []Route {
 	s.routeMu.Lock()
 	defer s.routeMu.Unlock()
-	out := make([]Route, 0, len(s.routes))
-	for _, e := range sortedRoutes(s.routes) {
-		out = append(out, e.Route)
+	all := make([]route, 0, s.routes.n)
+	for _, g := range s.routes.byPrefix {
+		all = append(all, g...)
+	}
+	slices.SortFunc(all, func(a, b route) int {
+		if a.Prefix.Bits() != b.Prefix.Bits() {
+			return b.Prefix.Bits() - a.Prefix.Bits()
+		}
+		if a.Metric != b.Metric {
+			return cmp.Compare(a.Metric, b.Metric)
+		}
+		return cmp.Compare(a.seq, b.seq)
+	})
+	out := make([]Route, len(all))
+	for i, e := range all {
+		out[i] = e.Route
 	}
 	return out
 }
@@ -135,79 +262,7 @@ func (s *Stack) nicByName(name string) (tcpip.NICID, bool) {
 // prefix, a tunnel's routes, a default route), with metric 0. A duplicate
 // is ignored.
 func (s *Stack) addSystemRoute(name string, nic tcpip.NICID, p netip.Prefix) {
-	r := route{Route: Route{Prefix: p.Masked(), Tunnel: name}, nic: nic}
 	s.routeMu.Lock()
 	defer s.routeMu.Unlock()
-	if !slices.Contains(s.routes, r) {
-		s.routes = append(s.routes, r)
-		if !s.routesHeld {
-			s.syncRoutesLocked()
-		}
-	}
-}
-
-// holdRoutes makes addSystemRoute collect routes without handing gVisor
-// the table each time, which costs O(routes) per route: New adds the
-// routes of all its tunnels (thousands, on a hub) and then calls
-// releaseRoutes once.
-func (s *Stack) holdRoutes() {
-	s.routeMu.Lock()
-	s.routesHeld = true
-	s.routeMu.Unlock()
-}
-
-// releaseRoutes ends holdRoutes and hands gVisor the table.
-func (s *Stack) releaseRoutes() {
-	s.routeMu.Lock()
-	defer s.routeMu.Unlock()
-	if s.routesHeld {
-		s.routesHeld = false
-		s.syncRoutesLocked()
-	}
-}
-
-// sortedRoutes returns rs in matching order: longest prefix first, then
-// lowest metric, then insertion order.
-func sortedRoutes(rs []route) []route {
-	out := slices.Clone(rs)
-	slices.SortStableFunc(out, func(a, b route) int {
-		if a.Prefix.Bits() != b.Prefix.Bits() {
-			return b.Prefix.Bits() - a.Prefix.Bits()
-		}
-		return a.Metric - b.Metric
-	})
-	return out
-}
-
-// syncRoutesLocked replaces gVisor's route table with the stack's, sorted.
-// gVisor matches its table front to back, and its AddRoute inserts by
-// prefix length only, after routes of equal length, so the stack owns the
-// order and hands gVisor the whole table. Routes that someone added through
-// GVisor() are kept, after the stack's routes of the same length.
-//
-// +checklocks:s.routeMu
-func (s *Stack) syncRoutesLocked() {
-	// What gVisor has beyond what we installed last time is foreign.
-	ours := map[tcpip.Route]int{}
-	for _, r := range s.installed {
-		ours[r]++
-	}
-	var foreign []tcpip.Route
-	for _, r := range s.gv.GetRouteTable() {
-		r.RouteEntry = tcpip.RouteEntry{}
-		if ours[r] > 0 {
-			ours[r]--
-			continue
-		}
-		foreign = append(foreign, r)
-	}
-	table := make([]tcpip.Route, 0, len(s.routes)+len(foreign))
-	for _, e := range sortedRoutes(s.routes) {
-		table = append(table, tcpip.Route{Destination: subnet(e.Prefix), NIC: e.nic})
-	}
-	s.installed = slices.Clone(table)
-	// SetRouteTable inserts each route after those of the same or a
-	// longer prefix, so sorted input keeps its order, and foreign routes
-	// go after ours of the same length.
-	s.gv.SetRouteTable(append(table, foreign...))
+	s.insertRouteLocked(Route{Prefix: p.Masked(), Tunnel: name}, nic)
 }

@@ -2,6 +2,7 @@ package stack_test
 
 import (
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -336,4 +337,116 @@ func gvEndpoint(t testing.TB, s *stack.Stack, trans tcpip.TransportProtocolNumbe
 		t.Fatal(terr)
 	}
 	return ep
+}
+
+// TestRouteChangeCostIndependentOfTableSize checks that adding and
+// removing one route does work for that route only: it allocates as much
+// with 2,000 other routes in the table as with 100. Rebuilding the whole
+// table (and gVisor's list, one element per route) on each change made
+// 10,000 routes take minutes to add.
+func TestRouteChangeCostIndependentOfTableSize(t *testing.T) {
+	h := newHub(t, nil)
+	added := 0
+	fill := func(n int) {
+		for ; added < n; added++ {
+			p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, byte(added >> 8), byte(added)}), 32)
+			if err := h.s.AddRoute(stack.Route{Prefix: p, Tunnel: h.names[added%4]}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	r := stack.Route{Prefix: netip.MustParsePrefix("10.2.0.0/16"), Tunnel: "C", Metric: 3}
+	change := func() {
+		if err := h.s.AddRoute(r); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.s.RemoveRoute(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill(100)
+	small := testing.AllocsPerRun(20, change)
+	fill(2000)
+	large := testing.AllocsPerRun(20, change)
+	if large > small+2 {
+		t.Errorf("AddRoute+RemoveRoute allocates %v times with 2,000 routes, %v with 100; want the same", large, small)
+	}
+}
+
+// TestRouteGVisorTableFollowsChanges makes random route changes and
+// checks after each that gVisor's table holds, for each prefix of the
+// stack's table, one route: through the tunnel of the prefix's lowest
+// metric, first added among equals; and that Routes lists the table in
+// matching order.
+func TestRouteGVisorTableFollowsChanges(t *testing.T) {
+	mp := netip.MustParsePrefix
+	h := newHub(t, nil)
+	prefixes := []netip.Prefix{mp("0.0.0.0/0"), mp("10.0.0.0/8"), mp("10.1.0.0/16"), mp("10.2.0.0/16"),
+		mp("10.1.2.0/24"), mp("10.1.2.3/32"), mp("fd00::/8"), mp("fd00:1::/32")}
+	onLink := len(h.s.Routes())
+	var want []stack.Route // the reference table, in the order added
+	rng := rand.New(rand.NewPCG(14, 4))
+	for step := range 600 {
+		r := stack.Route{Prefix: prefixes[rng.IntN(len(prefixes))], Tunnel: h.names[rng.IntN(4)], Metric: rng.IntN(3)}
+		if i := slices.Index(want, r); i >= 0 {
+			if err := h.s.RemoveRoute(r); err != nil {
+				t.Fatalf("step %d: RemoveRoute(%v): %v", step, r, err)
+			}
+			want = slices.Delete(want, i, i+1)
+		} else {
+			if err := h.s.AddRoute(r); err != nil {
+				t.Fatalf("step %d: AddRoute(%v): %v", step, r, err)
+			}
+			want = append(want, r)
+		}
+		// The best route of each prefix: the first added of the lowest
+		// metric.
+		best := map[netip.Prefix]stack.Route{}
+		for _, r := range want {
+			if b, ok := best[r.Prefix]; !ok || r.Metric < b.Metric {
+				best[r.Prefix] = r
+			}
+		}
+		got := map[netip.Prefix][]tcpip.NICID{}
+		for _, gr := range h.s.GVisor().GetRouteTable() {
+			id := gr.Destination.ID()
+			a, _ := netip.AddrFromSlice(id.AsSlice())
+			p := netip.PrefixFrom(a, gr.Destination.Prefix())
+			if slices.Contains(prefixes, p) {
+				got[p] = append(got[p], gr.NIC)
+			}
+		}
+		for p, b := range best {
+			if w := nicOf(h.s, b.Tunnel); !slices.Equal(got[p], []tcpip.NICID{w}) {
+				t.Fatalf("step %d: gVisor routes %v through NICs %v, want only %d (%v)", step, p, got[p], w, b)
+			}
+		}
+		for p, nics := range got {
+			if _, ok := best[p]; !ok {
+				t.Fatalf("step %d: gVisor routes %v through NICs %v, want no route", step, p, nics)
+			}
+		}
+		// Routes: longest prefix first, then lowest metric, then first
+		// added; the on-link /30s come first.
+		sorted := slices.Clone(want)
+		slices.SortStableFunc(sorted, func(a, b stack.Route) int {
+			if a.Prefix.Bits() != b.Prefix.Bits() {
+				return b.Prefix.Bits() - a.Prefix.Bits()
+			}
+			return a.Metric - b.Metric
+		})
+		all := h.s.Routes()
+		if len(all) != onLink+len(want) {
+			t.Fatalf("step %d: %d routes, want %d", step, len(all), onLink+len(want))
+		}
+		var mine []stack.Route
+		for _, r := range all {
+			if slices.Contains(prefixes, r.Prefix) {
+				mine = append(mine, r)
+			}
+		}
+		if !slices.Equal(mine, sorted) {
+			t.Fatalf("step %d: Routes() =\n%v\nwant\n%v", step, mine, sorted)
+		}
+	}
 }

@@ -14,7 +14,6 @@ import (
 	gvstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/link/qdisc/fifo"
 	"gvisor.dev/gvisor/pkg/tcpip/link/sniffer"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
@@ -265,13 +264,8 @@ type Stack struct {
 
 	// routeMu guards the route table (route.go). It is not held with mu.
 	routeMu sync.Mutex
-	// routes is every route of the stack, in the order added.
-	routes []route
-	// installed is what syncRoutesLocked last gave gVisor.
-	installed []tcpip.Route
-	// routesHeld defers syncRoutesLocked while New adds its tunnels
-	// (holdRoutes in route.go).
-	routesHeld bool
+	// routes is every route of the stack, by prefix (route.go).
+	routes routeTable
 
 	// sharedMu guards shared, the outer sockets tunnels share
 	// (shared.go), and sharedClosed, set once Close closed them. It is
@@ -343,7 +337,6 @@ func New(cfg Config) (_ *Stack, err error) {
 		}
 	}
 	names := map[string]bool{}
-	s.holdRoutes() // route.go: one route sync for all the tunnels
 	for i := range cfg.Tunnels {
 		t := &cfg.Tunnels[i]
 		if t.Name == "" {
@@ -359,7 +352,6 @@ func New(cfg Config) (_ *Stack, err error) {
 			return nil, err
 		}
 	}
-	s.releaseRoutes()
 	for _, r := range cfg.Routes {
 		if err := s.AddRoute(r); err != nil {
 			return nil, err
@@ -529,8 +521,9 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) (err error) {
 	link = s.wrapForwarding(link) // forward.go
 	// One FIFO queue per NIC batches packets from many writers into one
 	// WritePackets call; when it is full, packets are dropped (counted in
-	// TunnelStats.QueueDrops) and TCP retransmits, as on a real NIC.
-	q := fifo.New(link, 1, nicQueueLen)
+	// TunnelStats.QueueDrops) and TCP retransmits, as on a real NIC. It
+	// runs a goroutine only while it holds packets (queue.go).
+	q := newLazyQueue(link, nicQueueLen)
 	if terr := s.gv.CreateNICWithOptions(nic, link, gvstack.NICOptions{Name: t.Name, QDisc: q}); terr != nil {
 		ep.Close()
 		return fmt.Errorf("stack: tunnel %q: create NIC: %s", t.Name, terr)
