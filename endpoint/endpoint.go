@@ -278,9 +278,11 @@ func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
 		return
 	}
 	e.started = true
-	for _, r := range e.tr.Receivers() {
+	rs := e.tr.Receivers()
+	batch := rxBatchPer(e.batch, len(rs))
+	for _, r := range rs {
 		e.wg.Add(1)
-		go e.receive(r)
+		go e.receive(r, batch)
 	}
 }
 

@@ -19,8 +19,8 @@ import (
 const oobSize = 96
 
 // mmsgBatch is the preallocated state of one recvmmsg or sendmmsg call.
-// It is not safe for concurrent use: a reader owns one, writers share one
-// under a lock.
+// It is not safe for concurrent use: a reader owns one, and a writer takes
+// the transport's cached one or makes its own (sockTransport.WriteBatch).
 type mmsgBatch struct {
 	hdrs  []unix.Mmsghdr
 	iovs  []unix.Iovec

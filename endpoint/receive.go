@@ -84,11 +84,23 @@ func (l *rxLoop) read(r Receiver, closed func() bool, warn func(error)) (int, bo
 	}
 }
 
+// rxBatchPer is the batch of each of n receive loops, for a batch of
+// batch datagrams per read: shared among more than two (ListenUDP's
+// socket per core), so that the receive buffers, 64 KiB per datagram of a
+// batch, do not grow with the cores; at least 16 datagrams, each a
+// coalesced read of up to 64 KiB.
+func rxBatchPer(batch, n int) int {
+	if n <= 2 {
+		return batch
+	}
+	return max(16, 2*batch/n)
+}
+
 // receive is the loop of one Receiver of the endpoint's own transport:
 // read a batch, decapsulate and deliver each datagram.
-func (e *Endpoint) receive(r Receiver) {
+func (e *Endpoint) receive(r Receiver, batch int) {
 	defer e.wg.Done()
-	l := newRxLoop(e.batch)
+	l := newRxLoop(batch)
 	defer l.release()
 	warn := func(err error) { e.log.Warn("tunnel receive error", "tunnel", e.name, "err", err) }
 	for {

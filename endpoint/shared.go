@@ -75,8 +75,8 @@ var (
 	ErrRoamingTaken = errors.New("another tunnel on these sockets is roaming")
 )
 
-// sharedBatch is the number of datagrams each receive goroutine of a
-// Shared reads per call.
+// sharedBatch is the number of datagrams a Shared reads per call, shared
+// among its receive goroutines as an endpoint's is (rxBatchPer).
 const sharedBatch = 64
 
 // NewShared takes ownership of tr (from ListenUDP or ListenRaw, say) and
@@ -87,9 +87,11 @@ func NewShared(tr Transport, log *slog.Logger) *Shared {
 	}
 	s := &Shared{tr: tr, framing: tr.Framing(), log: log}
 	s.table.init()
-	for _, r := range tr.Receivers() {
+	rs := tr.Receivers()
+	batch := rxBatchPer(sharedBatch, len(rs))
+	for _, r := range rs {
 		s.wg.Add(1)
-		go s.receive(r)
+		go s.receive(r, batch)
 	}
 	return s
 }
@@ -188,11 +190,11 @@ func (s *Shared) setFragmentation(d int) error {
 // receive is the loop of one Receiver: read a batch, find each datagram's
 // tunnel, and hand each run of consecutive datagrams of one tunnel to its
 // endpoint.
-func (s *Shared) receive(r Receiver) {
+func (s *Shared) receive(r Receiver, batch int) {
 	defer s.wg.Done()
-	l := newRxLoop(sharedBatch)
+	l := newRxLoop(batch)
 	defer l.release()
-	peers := make([]*sharedPeer, sharedBatch)
+	peers := make([]*sharedPeer, batch)
 	warn := func(err error) { s.log.Warn("shared tunnel socket receive error", "local", s.LocalAddr(), "err", err) }
 	for {
 		n, ok := l.read(r, s.closed.Load, warn)

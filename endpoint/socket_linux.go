@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,10 +24,14 @@ type sockTransport struct {
 
 	offloads Offloads
 
-	// txBatches holds the states of sendmmsg calls (*mmsgBatch), one
-	// per concurrent writer: the tunnels of a Shared write at once, and
-	// the kernel takes concurrent sendmmsg calls on one socket.
-	txBatches sync.Pool
+	// txBatch caches the state of one sendmmsg call for the next
+	// writer; a writer that finds it taken (the tunnels of a Shared
+	// write at once, and the kernel takes concurrent sendmmsg calls on
+	// one socket) makes one of its own. Not a sync.Pool: a busy process
+	// collects often, and a pool emptied by each collection made every
+	// other call allocate one.
+	txBatch   atomic.Pointer[mmsgBatch]
+	txBatchOf int // messages per batch
 
 	// probe asks the kernel for the path MTU (pmtu_linux.go); nil if it
 	// could not be opened.
@@ -39,9 +44,7 @@ type sockTransport struct {
 // newSockTransport returns a transport without sockets yet, whose
 // sendmmsg calls move up to batch messages.
 func newSockTransport(framing Framing, batch int, dontFragment bool) *sockTransport {
-	t := &sockTransport{framing: framing, dontFragment: dontFragment}
-	t.txBatches.New = func() any { return newMmsgBatch(batch) }
-	return t
+	return &sockTransport{framing: framing, dontFragment: dontFragment, txBatchOf: batch}
 }
 
 // openProbe opens t's path MTU probe; without one the endpoint does not
@@ -91,9 +94,12 @@ func (t *sockTransport) Receivers() []Receiver {
 
 // WriteBatch implements Transport.WriteBatch.
 func (t *sockTransport) WriteBatch(msgs []Message) (int, error) {
-	b := t.txBatches.Get().(*mmsgBatch)
+	b := t.txBatch.Swap(nil)
+	if b == nil {
+		b = newMmsgBatch(t.txBatchOf)
+	}
 	n, err := t.tx.send(b, msgs, t.framing == FramingUDP)
-	t.txBatches.Put(b)
+	t.txBatch.CompareAndSwap(nil, b)
 	return n, err
 }
 
