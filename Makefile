@@ -24,11 +24,10 @@ STATICCHECK := $(TOOLS)/staticcheck
 # checklocks, gVisor's analyzer of `+checklocks:mu` annotations, pinned to
 # the gVisor version in go.mod (it is the same module), into bin/tools too.
 # It runs without inferred-lock suggestions (-inferred=false): those are
-# hints, not findings. endpoint/ is left out until its annotations pass
-# (TODO(issue 15): add it back with CHECKLOCKS_PKGS = $(PKGS)).
+# hints, not findings.
 CHECKLOCKS_VERSION = $(shell $(GO) list -m -f '{{.Version}}' gvisor.dev/gvisor)
 CHECKLOCKS         := $(TOOLS)/checklocks
-CHECKLOCKS_PKGS    = $(shell $(GO) list $(PKGS) | grep -v '/endpoint\(/\|$$\)')
+CHECKLOCKS_PKGS    = $(PKGS)
 
 all: build
 

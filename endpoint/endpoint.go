@@ -339,14 +339,3 @@ func (e *Endpoint) enter(n int) bool {
 	e.wg.Add(1)
 	return true
 }
-
-// beginWrite reports whether a WritePackets call may go on; if so, the
-// caller calls e.writers.RUnlock when it is done.
-func (e *Endpoint) beginWrite() bool {
-	e.writers.RLock()
-	if e.closed.Load() {
-		e.writers.RUnlock()
-		return false
-	}
-	return true
-}

@@ -17,10 +17,12 @@ import (
 // packets and 65,507 bytes each (queueGSO). IPv4 fragments the stack
 // sends lose DF (fragdf.go).
 func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	if !e.beginWrite() {
+	// Held shared while the call runs: Close waits for it (endpoint.go).
+	e.writers.RLock()
+	defer e.writers.RUnlock()
+	if e.closed.Load() {
 		return 0, &tcpip.ErrClosedForSend{}
 	}
-	defer e.writers.RUnlock()
 	tb := e.txPool.Get().(*txBatch)
 	peer := e.peer.Load()
 	remote := peer.addr

@@ -358,7 +358,7 @@ func (c *Conn) WriteBatch(msgs []endpoint.Message) (int, error) {
 // impair runs one datagram, segs, with m's address and outer fields,
 // through the stages before the rate limit, and appends what is to be sent
 // at once to now.
-// +checklocks:mu
+// +checklocks:c.mu
 func (c *Conn) impair(now []pkt, m *endpoint.Message, segs [][]byte, t time.Time) []pkt {
 	c.stats.datagrams.Add(1)
 	if c.opt.Loss > 0 && c.rng.Float64() < c.opt.Loss {
@@ -395,7 +395,7 @@ func (c *Conn) impair(now []pkt, m *endpoint.Message, segs [][]byte, t time.Time
 
 // overtake counts one datagram past each held one and emits those that
 // have been overtaken enough.
-// +checklocks:mu
+// +checklocks:c.mu
 func (c *Conn) overtake(now []pkt, t time.Time) []pkt {
 	if len(c.held) == 0 {
 		return now
@@ -419,7 +419,7 @@ func (c *Conn) overtake(now []pkt, t time.Time) []pkt {
 
 // emit passes p to the rate limit and delay stages, or to now if there are
 // none.
-// +checklocks:mu
+// +checklocks:c.mu
 func (c *Conn) emit(now []pkt, p pkt, t time.Time) []pkt {
 	if !c.timed {
 		return append(now, p)
