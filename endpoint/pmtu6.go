@@ -16,11 +16,10 @@ import (
 //
 // An IPv6 router does not fragment (RFC 8200 §4.5): it drops a packet too
 // big for the next link and answers ICMPv6 Packet Too Big with that link's
-// MTU, which the source remembers for the destination (RFC 8201). gVisor's
-// TCP lowers its segment size on Packet Too Big, but its UDP ignores the
-// message (udp/endpoint.go HandleError) and its IPv6 fragments to the NIC
-// MTU only (ipv6.go writePacket), so every datagram it fragments for a
-// tunnel wider than a later hop is refused at that hop again.
+// MTU, which the source remembers for the destination (RFC 8201). gVisor
+// keeps no such memory for anything but TCP: why that matters, and the
+// IPv4 half of the answer, are in the stack package's doc ("UDP and the
+// path MTU").
 //
 // So the endpoint keeps a host's path MTU cache for the stack:
 //   - Learn: decap reads each Packet Too Big it delivers. One with a valid
