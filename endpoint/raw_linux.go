@@ -47,6 +47,17 @@ func ListenRaw(local netip.Addr, opts SocketOptions) (Transport, error) {
 				return nil, fmt.Errorf("endpoint: bind raw socket to %v: %w", local, os.NewSyscallError("bind", err))
 			}
 		}
+		if bind && v6 {
+			// An unconnected IPv6 raw socket ignores ICMPv6 errors
+			// (rawv6_err returns early) unless it asks for them, and
+			// so does not even update the path MTU on Packet Too Big
+			// (IPv4's raw_err does that first). The reports queue up
+			// as errors: ReadBatch drains them (errQueue).
+			if err := unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_RECVERR, 1); err != nil {
+				unix.Close(fd)
+				return nil, fmt.Errorf("endpoint: raw socket for IP protocol %d: %w", proto, os.NewSyscallError("setsockopt IPV6_RECVERR", err))
+			}
+		}
 		if bind && peer.IsValid() {
 			if err := connectRaw(fd, peer); err != nil {
 				unix.Close(fd)
@@ -74,7 +85,7 @@ func ListenRaw(local netip.Addr, opts SocketOptions) (Transport, error) {
 			t.Close()
 			return nil, err
 		}
-		t.rx = append(t.rx, &sockReceiver{c: c, proto: uint8(proto)})
+		t.rx = append(t.rx, &sockReceiver{c: c, proto: uint8(proto), errQueue: v6})
 	}
 	return t, nil
 }

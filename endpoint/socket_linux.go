@@ -64,6 +64,9 @@ type sockReceiver struct {
 	verified bool
 	// b is owned by the one goroutine that calls ReadBatch.
 	b *mmsgBatch
+	// errQueue: the socket queues ICMP errors (IPV6_RECVERR), and each
+	// makes the next read fail; ReadBatch drains them and reads on.
+	errQueue bool
 }
 
 // ReadBatch implements Receiver.ReadBatch.
@@ -72,6 +75,9 @@ func (r *sockReceiver) ReadBatch(msgs []Message) (int, error) {
 		r.b = newMmsgBatch(len(msgs))
 	}
 	n, err := r.c.recv(r.b, msgs)
+	for r.errQueue && err != nil && err != ErrClosed && r.c.drainErrors() {
+		n, err = r.c.recv(r.b, msgs)
+	}
 	for i := 0; i < n; i++ {
 		msgs[i].Proto, msgs[i].Verified = r.proto, r.verified
 	}
@@ -155,4 +161,22 @@ func setSockopts(fd int, v6 bool, opts SocketOptions, rx bool) error {
 		return os.NewSyscallError("setsockopt IP_MTU_DISCOVER", err)
 	}
 	return nil
+}
+
+// drainErrors reads the socket's error queue empty and reports whether it
+// held anything. The kernel has acted on the errors already (a Packet Too
+// Big updated the path MTU, which the next oversize send reports).
+func (s *sockConn) drainErrors() bool {
+	var buf [128]byte
+	var oob [256]byte
+	drained := false
+	s.rc.Control(func(fd uintptr) {
+		for {
+			if _, _, _, _, err := unix.Recvmsg(int(fd), buf[:], oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT); err != nil {
+				return
+			}
+			drained = true
+		}
+	})
+	return drained
 }
