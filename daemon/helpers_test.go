@@ -18,17 +18,12 @@ import (
 	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
 
-// freeUDPPort returns a UDP port on 127.0.0.1 that was free a moment ago.
-// Tunnels need their peer's port before either is bound, so tests cannot
-// use port 0 for them.
+// freeUDPPort returns a UDP port on 127.0.0.1 that no other call returned
+// (servicetest.FreePort). Tunnels need their peer's port before either is
+// bound, so tests cannot use port 0 for them.
 func freeUDPPort(t testing.TB) uint16 {
 	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	return uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	return uint16(servicetest.FreePort(t))
 }
 
 // testLogger logs to the test's output and, if buf is not nil, to buf.

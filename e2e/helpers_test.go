@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -16,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -24,48 +22,11 @@ import (
 	"github.com/ipipstack/ipipstack/internal/servicetest"
 )
 
-// freePort returns a port on 127.0.0.1 ("tcp" or "udp") that was free a
-// moment ago. The daemon reads ports from its file, so tests cannot let
-// it pick them.
+// freePort returns a port free for TCP and UDP below the ephemeral range
+// (servicetest.FreePort); network is for the reader.
 func freePort(t testing.TB, network string) int {
 	t.Helper()
-	// Ports the kernel hands out for port 0 (and for every outgoing
-	// connection) come from the ephemeral range, 32768-60999 by default:
-	// one freed here could be taken by another test's connection before
-	// the process under test binds it. Ports below that range are handed
-	// out only from here, each once per test binary, and checked free for
-	// TCP and UDP both.
-	for range 2000 {
-		port := int(portBase + nextPort.Add(1)%8000)
-		if bindable(port) {
-			return port
-		}
-	}
-	t.Fatal("no free port below the ephemeral range")
-	return 0
-}
-
-// portBase spreads the ports of concurrent test binaries (one per package
-// run) over 20000-32000, below the ephemeral range.
-var (
-	portBase = uint32(20000 + os.Getpid()%100*40)
-	nextPort atomic.Uint32
-)
-
-// bindable reports whether 127.0.0.1:port can be bound for TCP and UDP.
-func bindable(port int) bool {
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	ln, err := net.Listen("tcp4", addr)
-	if err != nil {
-		return false
-	}
-	defer ln.Close()
-	pc, err := net.ListenPacket("udp4", addr)
-	if err != nil {
-		return false
-	}
-	pc.Close()
-	return true
+	return servicetest.FreePort(t)
 }
 
 // proc is a running ipipstack process.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -34,16 +35,26 @@ var (
 	addrB6 = netip.MustParsePrefix("fd99::2/64")
 )
 
-// freeUDPPort returns a loopback UDP port that was free a moment ago.
+// freeUDPPort returns a loopback UDP port that was free a moment ago and
+// that no other call returned: the kernel can hand out a port it just
+// freed again, and two tunnels given the same one would collide.
 func freeUDPPort(t testing.TB, host string) netip.AddrPort {
 	t.Helper()
-	c, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatal(err)
+	for {
+		c, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ap := c.LocalAddr().(*net.UDPAddr).AddrPort()
+		c.Close()
+		if _, dup := handedOut.LoadOrStore(ap, true); !dup {
+			return ap
+		}
 	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).AddrPort()
 }
+
+// handedOut holds the ports freeUDPPort returned.
+var handedOut sync.Map
 
 // newPair builds two stacks over loopback UDP (outer "127.0.0.1" or "::1");
 // edit adjusts each side's tunnel (0 is a, 1 is b) before the stacks start.

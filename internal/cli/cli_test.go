@@ -39,12 +39,8 @@ func writeFile(t *testing.T, name, content string) string {
 }
 
 func freeUDPPort(t *testing.T) int {
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	return pc.LocalAddr().(*net.UDPAddr).Port
+	t.Helper()
+	return servicetest.FreePort(t)
 }
 
 func TestExitCodes(t *testing.T) {
