@@ -257,8 +257,9 @@ func (e *Endpoint) decap(m *Message) (inner []byte, netProto tcpip.NetworkProtoc
 		netProto = ipv6.ProtocolNumber
 	}
 	// Count before delivering: a reply may leave before delivery returns.
-	e.stats.rxPackets.Add(1)
+	// Bytes first: whoever sees the packet counted sees its bytes too.
 	e.stats.rxBytes.Add(uint64(len(inner)))
+	e.stats.rxPackets.Add(1)
 	return inner, netProto, verified, true
 }
 
