@@ -5,8 +5,14 @@ import "net/netip"
 // DefaultSocketBuffer is the send and receive buffer size asked for on
 // outer sockets. With the kernel's default 208 KiB, bursts from a fast TCP
 // sender overflow the receive queue and gVisor TCP falls into
-// retransmission timeouts; 4 MiB was measured to be enough on loopback.
-const DefaultSocketBuffer = 4 << 20
+// retransmission timeouts. 4 MiB was enough for TCP on loopback, but not
+// for small UDP datagrams once equal-size ones leave as one UDP_SEGMENT
+// send (txcoalesce.go): the kernel charges about 1 KiB per queued
+// datagram, and a sender of 64-byte datagrams lost 6-24 % of them at the
+// peer's socket with 4 MiB, none with 16 MiB (UDPRate, bench/RESULTS.md).
+// It is kernel memory, used only while the queue is backed up, and
+// without CAP_NET_ADMIN the kernel caps it at net.core.rmem_max.
+const DefaultSocketBuffer = 16 << 20
 
 // SocketOptions tune the outer sockets.
 type SocketOptions struct {

@@ -101,7 +101,8 @@ type Tunnel struct {
 	// AnySourcePort accepts UDP from the peer's address on any port (Linux
 	// FOU with encap-sport auto).
 	AnySourcePort bool
-	// SocketBuffer sizes the outer sockets' buffers; 0 means 4 MiB.
+	// SocketBuffer sizes the outer sockets' buffers; 0 means
+	// endpoint.DefaultSocketBuffer (16 MiB).
 	SocketBuffer int
 	// Capture, if set, receives every inner packet of the tunnel in pcap
 	// format, as the stack hands it to the tunnel: TCP and UDP packets the
