@@ -101,8 +101,8 @@ bench:
 	  echo "go: $$($(GO) env GOVERSION)"; \
 	  echo "cpu: $$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"; \
 	  echo "args: make bench BENCH='$(BENCH)' BENCHTIME=$(BENCHTIME) COUNT=$(COUNT)"; } > bench/out/bench.txt
-	$(GO) test -run '^$$' -bench '$(BENCH)' -skip IdleConnections -benchmem -benchtime $(BENCHTIME) -count $(COUNT) ./bench/ | tee -a bench/out/bench.txt
-	$(GO) test -run '^$$' -bench IdleConnections -benchtime 1x ./bench/ | tee -a bench/out/bench.txt
+	$(GO) test -run '^$$' -bench '$(BENCH)' -skip 'IdleConnections|IdleTunnels' -benchmem -benchtime $(BENCHTIME) -count $(COUNT) ./bench/ | tee -a bench/out/bench.txt
+	$(GO) test -run '^$$' -bench 'IdleConnections|IdleTunnels' -benchtime 1x ./bench/ | tee -a bench/out/bench.txt
 	$(GO) run ./bench/benchtable -in bench/out/bench.txt -md bench/out/TABLE.md -svg bench/out/throughput.svg
 	@cat bench/out/TABLE.md
 
