@@ -325,17 +325,18 @@ func (e *Endpoint) Close() {
 }
 
 // enter reports whether a Shared's receive goroutine may hand the
-// endpoint n datagrams; if so, it calls e.wg.Done when it is done, and
-// Close waits for it. Under mu, like Close sets closed.
-func (e *Endpoint) enter(n int) bool {
+// endpoint n datagrams, and returns the dispatcher to hand them to; if ok,
+// the caller calls e.wg.Done when it is done, and Close waits for it.
+// Under mu, like Close sets closed.
+func (e *Endpoint) enter(n int) (d stack.NetworkDispatcher, ok bool) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
 	if e.closed.Load() {
 		for range n {
 			e.stats.drop(encap.Closed)
 		}
-		return false
+		return nil, false
 	}
 	e.wg.Add(1)
-	return true
+	return e.dispatcher, true
 }

@@ -108,18 +108,19 @@ func (e *Endpoint) receive(r Receiver, batch int) {
 		if !ok {
 			return
 		}
-		e.handle(l, 0, n)
+		e.mu.RLock()
+		d := e.dispatcher
+		e.mu.RUnlock()
+		e.handle(l, 0, n, d)
 	}
 }
 
 // handle decapsulates and delivers messages i to j-1 of l's batch, all
-// from this endpoint's peer. The message buffers stay l's; the inner bytes
+// from this endpoint's peer, to d, the attached dispatcher (nil: detached,
+// the messages are dropped as Closed). The message buffers stay l's; the inner bytes
 // are copied into gVisor buffers on delivery, or the buffer becomes a
 // gVisor view that the packets point into (coalesce.go).
-func (e *Endpoint) handle(l *rxLoop, i, j int) {
-	e.mu.RLock()
-	d := e.dispatcher
-	e.mu.RUnlock()
+func (e *Endpoint) handle(l *rxLoop, i, j int, d stack.NetworkDispatcher) {
 	if d == nil {
 		for range j - i {
 			e.stats.drop(encap.Closed)

@@ -50,19 +50,15 @@ type SharedStats struct {
 	// Received counts the datagrams read (a coalesced read counts each
 	// datagram in it).
 	Received uint64
-	// WrongPeer counts datagrams from an outer address that is no
-	// tunnel's peer.
+	// WrongPeer counts datagrams that reached no endpoint: from an
+	// outer address that is no tunnel's peer, too short to name their
+	// sender (raw IPv4 without a whole outer header), or for a tunnel
+	// whose endpoint is not made yet (between Join and New).
 	WrongPeer uint64
-	// Malformed counts datagrams too short to name their sender (raw
-	// IPv4 without a whole outer header).
-	Malformed uint64
-	// Unattached counts datagrams for a tunnel whose endpoint did not
-	// exist yet (between Join and New).
-	Unattached uint64
 }
 
 type sharedCounters struct {
-	received, wrongPeer, malformed, unattached atomic.Uint64
+	received, wrongPeer atomic.Uint64
 }
 
 // Errors of Join, for errors.Is.
@@ -112,10 +108,8 @@ func (s *Shared) Tunnels() int {
 // Stats returns the counters.
 func (s *Shared) Stats() SharedStats {
 	return SharedStats{
-		Received:   s.stats.received.Load(),
-		WrongPeer:  s.stats.wrongPeer.Load(),
-		Malformed:  s.stats.malformed.Load(),
-		Unattached: s.stats.unattached.Load(),
+		Received:  s.stats.received.Load(),
+		WrongPeer: s.stats.wrongPeer.Load(),
 	}
 }
 
@@ -201,13 +195,15 @@ func (s *Shared) receive(r Receiver, batch int) {
 		if !ok {
 			return
 		}
+		received := 0
 		s.mu.RLock()
 		for i := range n {
 			m := &l.msgs[i]
-			s.stats.received.Add(uint64(datagrams(m)))
+			received += datagrams(m)
 			peers[i] = s.lookup(&s.table, m)
 		}
 		s.mu.RUnlock()
+		s.stats.received.Add(uint64(received))
 		for i := 0; i < n; {
 			p := peers[i]
 			j := i + 1
@@ -240,7 +236,7 @@ func (s *Shared) lookup(t *peerTable, m *Message) *sharedPeer {
 	case FramingRawIPv4:
 		b := m.Buffers[0][:m.N]
 		if len(b) < 20 || b[0]>>4 != 4 {
-			s.stats.malformed.Add(1)
+			s.stats.wrongPeer.Add(1)
 			return nil
 		}
 		src = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[12:16])), 0)
@@ -359,14 +355,15 @@ func (p *sharedPeer) bind(e *Endpoint) error {
 func (p *sharedPeer) deliver(l *rxLoop, i, j int) {
 	e := p.ep.Load()
 	if e == nil {
-		p.s.stats.unattached.Add(uint64(j - i))
+		p.s.stats.wrongPeer.Add(uint64(j - i))
 		return
 	}
-	if !e.enter(j - i) {
+	d, ok := e.enter(j - i)
+	if !ok {
 		return
 	}
 	defer e.wg.Done()
-	e.handle(l, i, j)
+	e.handle(l, i, j, d)
 }
 
 func (p *sharedPeer) Framing() Framing          { return p.s.framing }
