@@ -316,9 +316,10 @@ func TestSharedSocketConflicts(t *testing.T) {
 		edit func(*stack.Tunnel)
 		want string
 	}{
-		{"same peer", func(tu *stack.Tunnel) {}, `tunnel "t1"`},
+		// Not roaming, so that only the peer check can refuse them.
+		{"same peer", func(tu *stack.Tunnel) { tu.Roaming = false }, `tunnel "t1"`},
 		{"any source port", func(tu *stack.Tunnel) {
-			tu.Remote, tu.AnySourcePort = netip.MustParseAddrPort("127.0.0.5:4001"), true
+			tu.Remote, tu.AnySourcePort, tu.Roaming = netip.MustParseAddrPort("127.0.0.5:4001"), true, false
 		}, `tunnel "t1"`},
 		{"second roaming", func(tu *stack.Tunnel) {
 			tu.Remote, tu.Roaming = netip.MustParseAddrPort("127.0.0.6:4000"), true

@@ -96,7 +96,9 @@ func (q *lazyQueue) drain() {
 	if q.head == len(q.pkts) {
 		q.pkts, q.head = q.pkts[:0], 0
 		if cap(q.pkts) > keptQueueCap {
-			q.pkts = nil
+			// Back to the kept size, not nil: the next burst would
+			// otherwise grow it again from one packet.
+			q.pkts = make([]*gvstack.PacketBuffer, 0, keptQueueCap)
 		}
 	}
 	q.draining = false

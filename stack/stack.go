@@ -531,6 +531,14 @@ func (s *Stack) addTunnel(t *Tunnel, nic tcpip.NICID) (err error) {
 	}
 	tun := &tunnel{name: t.Name, nic: nic, ep: ep, filter: filter, addrs: t.Addresses, routes: t.Routes, link: link, shared: shared}
 	s.mu.Lock()
+	if s.closed {
+		// Close ran since AddTunnel checked: it did not see this
+		// tunnel, so it is closed here.
+		s.mu.Unlock()
+		ep.Close()
+		s.gv.RemoveNIC(nic)
+		return fmt.Errorf("stack: tunnel %q: %w", t.Name, ErrClosed)
+	}
 	s.tunnels = append(s.tunnels, tun)
 	s.mu.Unlock()
 	registered = true

@@ -124,7 +124,11 @@ func (f *TCP) Start(ctx context.Context) error {
 	if maxConns == 0 {
 		maxConns = DefaultMaxConns
 	}
-	go f.life.Serve(f.log, func(c net.Conn) bool { return f.admit(c, maxConns) }, f.serve)
+	go func() {
+		if err := f.life.Serve(f.log, func(c net.Conn) bool { return f.admit(c, maxConns) }, f.serve); err != nil {
+			f.log.Error("forward stopped accepting", "err", err, "hint", "the listener failed; reload or restart to listen again")
+		}
+	}()
 	return nil
 }
 

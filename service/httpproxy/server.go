@@ -325,14 +325,14 @@ func (s *Server) Addr() net.Addr { return s.life.Addr() }
 // tunnel, and waits for the server's goroutines. It is idempotent.
 func (s *Server) Close() error {
 	s.init()
-	s.life.StopAccepting() // srv.Close closes the listener again and says how that went
+	lerr := s.life.StopAccepting()
 	err := s.srv.Close()
 	s.forceClose()
 	s.life.Wait()
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("httpproxy: %w", err)
 	}
-	return nil
+	return lerr
 }
 
 // Shutdown stops accepting and waits until ctx is done for requests in
@@ -340,20 +340,28 @@ func (s *Server) Close() error {
 // Close does. It returns ctx's error if clients had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.init()
-	s.life.StopAccepting() // as in Close
-	herr := s.srv.Shutdown(ctx)
-	cerr := service.Drain(ctx, &s.tunnelWG, func() {
+	lerr := s.life.StopAccepting()
+	cut := func() {
 		s.srv.Close()
 		s.forceClose()
 		s.life.Wait()
-	})
-	if cerr != nil {
-		return fmt.Errorf("httpproxy: shutdown: %w", cerr)
 	}
-	if herr != nil && !errors.Is(herr, net.ErrClosed) {
+	herr := s.srv.Shutdown(ctx)
+	if herr != nil {
+		// ctx ran out with requests still in flight: one of them may
+		// yet reach connect and add to tunnelWG, which must not happen
+		// while Drain waits on it. Cut now; life.Wait covers every
+		// handler.
+		cut()
+		if errors.Is(herr, net.ErrClosed) {
+			return lerr
+		}
 		return fmt.Errorf("httpproxy: shutdown: %w", herr)
 	}
-	return nil
+	if cerr := service.Drain(ctx, &s.tunnelWG, cut); cerr != nil {
+		return fmt.Errorf("httpproxy: shutdown: %w", cerr)
+	}
+	return lerr
 }
 
 // forceClose cancels dials, makes new handlers return at once, and closes
